@@ -1,0 +1,240 @@
+"""A decoder-only transformer for the Llama, Qwen2 and Gemma 3 families.
+
+Read top to bottom: RMSNorm, rotary embeddings, attention, MLP, block,
+model. The differences between families are flags of `ModelConfig`:
+
+- Qwen2 adds a bias to the q/k/v projections.
+- Gemma 3 normalises q and k per head, wraps both attention and MLP in a
+  pre- and a post-norm, scales embeddings by sqrt(dim), uses GELU-tanh, and
+  alternates sliding-window (local) layers, with their own RoPE base, with
+  full (global) ones.
+
+The K/V cache is an argument (`KVCache`), never a module attribute, so one
+model serves many documents. Projections that read the same input are fused
+(q/k/v in one matrix, gate/up in one) to keep the per-token op count low.
+
+Weights arrive as a dict in canonical Hugging Face names (see
+`Transformer.from_weights`), with norm weights as the effective multiplier
+(Gemma's `1 + w` already added).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .kvcache import KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig, theta: float) -> torch.Tensor:
+    inv = 1.0 / (theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))
+    rs = cfg.rope_scaling or {}
+    kind = rs.get("rope_type") or rs.get("type")
+    if kind == "llama3":
+        # Llama 3.x: stretch low frequencies, keep high ones, blend between.
+        factor, low, high = rs["factor"], rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
+        old_ctx = rs.get("original_max_position_embeddings", 8192)
+        wavelen = 2 * math.pi / inv
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        scaled = torch.where(wavelen > old_ctx / low, inv / factor, inv)
+        mid = (wavelen <= old_ctx / low) & (wavelen >= old_ctx / high)
+        inv = torch.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
+    elif kind == "linear":
+        inv = inv / rs["factor"]
+    return inv.float()
+
+
+def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    freqs = positions.float()[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, D) by the half-split convention of Hugging Face checkpoints."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.scale = cfg.attn_scale
+        q_out, kv_out = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        self.split = (q_out, kv_out, kv_out)
+        self.wqkv = nn.Linear(cfg.dim, q_out + 2 * kv_out, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(q_out, cfg.dim, bias=False)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+
+    def forward(self, x: torch.Tensor, cache: KVCache, start: int, cos: torch.Tensor,
+                sin: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.wqkv(x).split(self.split, dim=-1)
+        q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)
+        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        keys, values = cache.write(self.layer, start, k, v)
+        keys, values = keys.to(q.dtype), values.to(q.dtype)
+        if self.n_kv != self.n_heads:
+            rep = self.n_heads // self.n_kv
+            keys = keys.repeat_interleave(rep, dim=1)
+            values = values.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.hidden = cfg.hidden_dim
+        self.w_gate_up = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=False)
+        self.w_down = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+        self.gelu = cfg.activation == "gelu_tanh"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w_gate_up(x).split(self.hidden, dim=-1)
+        act = F.gelu(gate, approximate="tanh") if self.gelu else F.silu(gate)
+        return self.w_down(act * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+        self.attn_post_norm = RMSNorm(cfg.dim, cfg.norm_eps) if cfg.sandwich_norm else None
+        self.ffn_post_norm = RMSNorm(cfg.dim, cfg.norm_eps) if cfg.sandwich_norm else None
+
+    def forward(self, x, cache, start, cos, sin, mask):
+        h = self.attn(self.attn_norm(x), cache, start, cos, sin, mask)
+        if self.attn_post_norm is not None:
+            h = self.attn_post_norm(h)
+        x = x + h
+        h = self.mlp(self.ffn_norm(x))
+        if self.ffn_post_norm is not None:
+            h = self.ffn_post_norm(h)
+        return x + h
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        thetas = sorted({cfg.layer_rope_theta(i) for i in range(cfg.n_layers)})
+        self._inv_freq = {t: rope_inv_freq(cfg, t) for t in thetas}
+        self.requires_grad_(False)
+
+    def new_cache(self, batch: int = 1, capacity: int = 256, dtype: torch.dtype = torch.float32) -> KVCache:
+        return KVCache(self.cfg, batch=batch, capacity=capacity, dtype=dtype, device=self.embed.weight.device)
+
+    def _mask(self, start: int, T: int, window: int | None, device) -> torch.Tensor | None:
+        """Boolean (T, start+T) mask: causal, and within `window` positions for local layers."""
+        end = start + T
+        if T == 1 and (window is None or end <= window):
+            return None
+        q_pos = torch.arange(start, end, device=device)[:, None]
+        k_pos = torch.arange(end, device=device)[None, :]
+        allowed = k_pos <= q_pos
+        if window is not None:
+            allowed &= k_pos > q_pos - window
+        return allowed
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, cache: KVCache, last_only: bool = True) -> torch.Tensor:
+        """Run `tokens` (B, T) after the cache's `length` positions; return logits.
+
+        Logits are (B, V) for the last position when `last_only`, else (B, T, V).
+        The cache is extended by T positions.
+        """
+        cfg = self.cfg
+        B, T = tokens.shape
+        start = cache.length
+        cache.ensure_capacity(start + T)
+        x = self.embed(tokens)
+        if cfg.embed_scale != 1.0:
+            x = x * torch.tensor(cfg.embed_scale, dtype=x.dtype)
+        positions = torch.arange(start, start + T, device=tokens.device)
+        rope = {t: rope_cos_sin(inv, positions) for t, inv in self._inv_freq.items()}
+        masks = {w: self._mask(start, T, w, tokens.device)
+                 for w in {cfg.sliding_window if cfg.is_sliding(i) else None for i in range(cfg.n_layers)}}
+        for i, block in enumerate(self.layers):
+            cos, sin = rope[cfg.layer_rope_theta(i)]
+            window = cfg.sliding_window if cfg.is_sliding(i) else None
+            x = block(x, cache, start, cos.to(x.dtype), sin.to(x.dtype), masks[window])
+        cache.length = start + T
+        if last_only:
+            x = x[:, -1]
+        return self.output(self.norm(x)).float()
+
+    @classmethod
+    def from_weights(cls, cfg: ModelConfig, weights: dict[str, torch.Tensor],
+                     dtype: torch.dtype = torch.float32) -> "Transformer":
+        """Build a model from canonical (Hugging Face-named) tensors; consumes `weights`."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        model._inv_freq = {t: rope_inv_freq(cfg, t) for t in model._inv_freq}
+
+        def take(name: str) -> torch.Tensor:
+            try:
+                return weights.pop(name).to(dtype)
+            except KeyError:
+                raise KeyError(f"missing tensor {name}") from None
+
+        def param(t: torch.Tensor) -> nn.Parameter:
+            return nn.Parameter(t.contiguous(), requires_grad=False)
+
+        model.embed.weight = param(take("model.embed_tokens.weight"))
+        model.norm.weight = param(take("model.norm.weight"))
+        if "lm_head.weight" in weights:
+            model.output.weight = param(take("lm_head.weight"))
+        else:
+            model.output.weight = model.embed.weight
+        for i, block in enumerate(model.layers):
+            p = f"model.layers.{i}."
+            a = block.attn
+            a.wqkv.weight = param(torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]))
+            if cfg.qkv_bias:
+                a.wqkv.bias = param(torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"]))
+            a.wo.weight = param(take(p + "self_attn.o_proj.weight"))
+            if cfg.qk_norm:
+                a.q_norm.weight = param(take(p + "self_attn.q_norm.weight"))
+                a.k_norm.weight = param(take(p + "self_attn.k_norm.weight"))
+            block.mlp.w_gate_up.weight = param(torch.cat([take(p + "mlp.gate_proj.weight"),
+                                                          take(p + "mlp.up_proj.weight")]))
+            block.mlp.w_down.weight = param(take(p + "mlp.down_proj.weight"))
+            block.attn_norm.weight = param(take(p + "input_layernorm.weight"))
+            if cfg.sandwich_norm:
+                block.attn_post_norm.weight = param(take(p + "post_attention_layernorm.weight"))
+                block.ffn_norm.weight = param(take(p + "pre_feedforward_layernorm.weight"))
+                block.ffn_post_norm.weight = param(take(p + "post_feedforward_layernorm.weight"))
+            else:
+                block.ffn_norm.weight = param(take(p + "post_attention_layernorm.weight"))
+        return model

@@ -1,0 +1,1 @@
+"""keystroke: local AI code completion over LSP (see keystroke.engine and keystroke.server)."""
