@@ -1,0 +1,177 @@
+"""The decode loop: from the prompt's last logits to candidate texts.
+
+`generate` samples a token per row, decodes text incrementally, asks each
+row's `StopChecker`, and feeds the sampled tokens back through the model
+until every row has stopped. One loop serves one candidate (in the caller's
+cache) and n candidates (one batch, sharing the prefill).
+
+Cancellation and the deadline are checked at the top of every step, before
+a token is sampled and the model runs on it, so a cancelled request costs
+at most the model step already under way.
+
+What ends up in the cache, for n == 1: exactly the generated tokens the
+model ran on, `Generated.fed` of them (`cache.length` grows by that much).
+The last sampled token is never run (its logits are not needed), so `fed`
+is `len(ids) - 1` when a stop rule or max tokens ended the row, and
+`len(ids)` when it ended on EOS (EOS is neither kept in `ids` nor run), on
+cancellation or on the deadline. The cache may therefore hold tokens beyond the returned text (a stop string,
+line end or block end cuts text, not tokens): callers match the next prompt
+against these ids by their longest common prefix anyway. For n > 1 the
+loop works on `cache.expanded(n)` and leaves the caller's cache untouched.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+
+from .api import SamplingParams, StopPolicy, StopReason
+from .healing import HealPlan
+from .kvcache import KVCache
+from .sampling import make_generator, sample
+from .stops import StopChecker
+
+if TYPE_CHECKING:
+    from .model import Transformer
+    from .tokenizer import Tokenizer
+
+REPETITION_WINDOW = 64  # prompt ids the repetition penalty looks back over
+
+
+@dataclass
+class Generated:
+    ids: list[int]              # generated token ids (EOS excluded, healed first token included)
+    text: str                   # the completion text at the cursor, cut by the stop rule
+    stop_reason: StopReason
+    fed: int = 0                # generated tokens run through the model (in the cache for n == 1)
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
+
+
+class TextStream:
+    """Incremental detokenization that is right across tokens splitting a UTF-8 character.
+
+    Text is decoded from a window that starts one token back, and the part
+    the previous window already produced is dropped; while the window ends
+    in an incomplete character (U+FFFD) nothing is released. A context
+    token from the prompt makes the first token decode as it would in the
+    middle of text (SentencePiece decoders drop a leading space at the
+    start of a sequence).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, context: Sequence[int] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = list(context[-1:])
+        self.prefix_offset = 0
+        self.read_offset = len(self.ids)
+        self.text = ""
+
+    def push(self, token: int) -> str:
+        """Add a token; return the whole text released so far."""
+        self.ids.append(token)
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix_offset:self.read_offset])
+        after = decode(self.ids[self.prefix_offset:])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.text += after[len(before):]
+            self.prefix_offset = self.read_offset
+            self.read_offset = len(self.ids)
+        return self.text
+
+
+@dataclass
+class _Row:
+    stream: TextStream
+    checker: StopChecker
+    ids: list[int]
+    reason: StopReason | None = None
+    cut: int | None = None
+    fed: int = 0
+
+    def text(self, heal: HealPlan | None) -> str:
+        text = heal.strip(self.stream.text) if heal is not None else self.stream.text
+        return text if self.cut is None else text[:self.cut]
+
+
+def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, tokenizer: Tokenizer, *,
+             sampling: SamplingParams, stop: StopPolicy, n: int = 1,
+             is_cancelled: Callable[[], bool] = lambda: False, heal: HealPlan | None = None,
+             line_before_cursor: str = "", deadline: float | None = None,
+             prompt_ids: Sequence[int] = ()) -> list[Generated]:
+    """Decode up to `stop.max_tokens` tokens per candidate after a prefilled prompt.
+
+    `cache` (batch 1) holds the prompt and `last_logits` (1, V) are its last
+    position's logits. `heal` (from `healing.heal`) constrains the first
+    token and strips the removed text from the result. `deadline` is a
+    `time.monotonic()` instant; without it `stop.deadline_ms` counts from
+    this call. `prompt_ids` (optional; its last 64 ids) join the generated
+    ids for the repetition penalty, and its last id gives the text stream
+    its context. Returns the candidates with distinct texts, in order.
+    """
+    if n < 1:
+        raise ValueError("n must be at least 1")
+    if deadline is None and stop.deadline_ms is not None:
+        deadline = time.monotonic() + stop.deadline_ms / 1000.0
+    if heal is not None and not heal.active:
+        heal = None
+    context = list(heal.ids if heal is not None else prompt_ids)
+    rows = [_Row(TextStream(tokenizer, context), StopChecker(stop, line_before_cursor), [])
+            for _ in range(n)]
+    work = cache if n == 1 else cache.expanded(n)
+    logits = last_logits.reshape(1, -1).expand(n, -1) if last_logits.shape[0] != n else last_logits
+    generator = make_generator(sampling.seed, logits.device)
+    allowed = heal.allowed_mask(tokenizer, logits.shape[-1]) if heal is not None else None
+    tail = list(prompt_ids)[-REPETITION_WINDOW:]
+    eos = tokenizer.eos_ids
+
+    def finish(reason: StopReason) -> None:
+        for row in rows:
+            if row.reason is None:
+                row.reason = reason
+
+    if stop.max_tokens <= 0:
+        finish("max_tokens")
+    while any(row.reason is None for row in rows):
+        if is_cancelled():
+            finish("cancelled")
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            finish("deadline")
+            break
+        prev = [tail + row.ids for row in rows] if sampling.repetition_penalty != 1.0 else None
+        tokens = sample(logits, sampling, generator, prev, allowed)
+        allowed = None
+        for row, token in zip(rows, tokens.tolist()):
+            if row.reason is not None:
+                continue
+            if token in eos:
+                row.reason = "eos"
+                continue
+            row.ids.append(token)
+            text = row.stream.push(token)
+            if heal is not None:
+                text = heal.strip(text)
+            hit = row.checker.check(text)
+            if hit is not None:
+                row.reason, row.cut = hit.reason, hit.cut
+            elif len(row.ids) >= stop.max_tokens:
+                row.reason = "max_tokens"
+        if all(row.reason is not None for row in rows):
+            break
+        logits = model(tokens.view(n, 1), work)
+        for row in rows:
+            if row.reason is None:
+                row.fed += 1
+    out: list[Generated] = []
+    seen: set[str] = set()
+    for row in rows:
+        text = row.text(heal)
+        if text in seen:
+            continue
+        seen.add(text)
+        out.append(Generated(row.ids, text, row.reason or "max_tokens", row.fed))
+    return out

@@ -1,0 +1,158 @@
+"""Token healing: when the cursor may sit inside a token, back up over it.
+
+A prompt that ends in `getUs` ends with a token like `Us`, and a model
+trained on whole words rarely continues `Us` with `er`: it would have
+written `User` as one token. So the last token of the prompt is removed and
+the first generated token is constrained to one whose text starts with the
+removed text (`Us`, `User`, `UserName`, ...); the caller then strips the
+removed text from the front of the completion, so it is never typed twice.
+
+The same covers a partial indentation run (`\\n  ` where `\\n    ` is one
+token) and a partial operator (`=` before `==`). Healing happens only when
+another token extends the last one, never reaches into the first
+`protected` ids (BOS, header, template tokens) and never removes a special
+token.
+
+The vocabulary index (every token's text, sorted) is built once per
+tokenizer and cached; tokens whose text starts with a given string are then
+one contiguous range of it, found by two binary searches.
+"""
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
+
+_MAX_CHAR = "\U0010ffff"
+
+
+class VocabIndex:
+    """Token texts sorted, for 'which tokens start with s' queries."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        t0 = time.perf_counter()
+        strings = tokenizer.token_strings()
+        excluded = _control_ids(tokenizer)
+        pairs = sorted((s, i) for i, s in enumerate(strings) if s and i not in excluded)
+        self.texts: list[str] = [s for s, _ in pairs]
+        self.ids = np.fromiter((i for _, i in pairs), dtype=np.int64, count=len(pairs))
+        self.strings = strings
+        self.excluded = excluded
+        self.size = max(len(strings), tokenizer.vocab_size)
+        self.build_seconds = time.perf_counter() - t0
+
+    def extending(self, text: str) -> np.ndarray:
+        """Ids of the tokens whose text starts with `text`."""
+        lo = bisect.bisect_left(self.texts, text)
+        hi = bisect.bisect_left(self.texts, text + _MAX_CHAR, lo)
+        return self.ids[lo:hi]
+
+    def extended_by_longer(self, text: str) -> bool:
+        """Whether some token's text starts with `text` and is longer."""
+        hi = bisect.bisect_left(self.texts, text + _MAX_CHAR)
+        return hi > bisect.bisect_right(self.texts, text)
+
+    def mask(self, text: str, size: int | None = None) -> torch.Tensor:
+        """(size,) bool: True for the tokens whose text starts with `text`."""
+        out = torch.zeros(size or self.size, dtype=torch.bool)
+        ids = self.extending(text)
+        out[torch.from_numpy(ids[ids < out.shape[0]])] = True
+        return out
+
+
+def _control_ids(tokenizer: Tokenizer) -> frozenset[int]:
+    """BOS, EOS/stop tokens and special tokens spelled like `<...>` (never a healed continuation).
+
+    Added tokens made of plain text (Gemma's whitespace runs) stay in.
+    """
+    ids = set(tokenizer.eos_ids)
+    if tokenizer.bos_id is not None:
+        ids.add(tokenizer.bos_id)
+    for content, i in tokenizer.special_tokens().items():
+        body = content.strip().lstrip("▁")
+        if len(body) > 2 and body[0] in "<[" and body[-1] in ">]":
+            ids.add(i)
+    return frozenset(ids)
+
+
+_indexes: "weakref.WeakKeyDictionary[object, VocabIndex]" = weakref.WeakKeyDictionary()
+_indexes_by_id: dict[int, tuple[object, VocabIndex]] = {}
+_lock = threading.Lock()
+
+
+def vocab_index(tokenizer: Tokenizer) -> VocabIndex:
+    """The cached index of `tokenizer` (built on first use)."""
+    with _lock:
+        try:
+            found = _indexes.get(tokenizer)
+        except TypeError:  # not weak-referenceable: keep it alive with its index
+            entry = _indexes_by_id.get(id(tokenizer))
+            found = entry[1] if entry and entry[0] is tokenizer else None
+        if found is not None:
+            return found
+        index = VocabIndex(tokenizer)
+        try:
+            _indexes[tokenizer] = index
+        except TypeError:
+            _indexes_by_id[id(tokenizer)] = (tokenizer, index)
+        return index
+
+
+@dataclass
+class HealPlan:
+    """What healing did to a prompt: `ids` to prefill, and the text it took off the end."""
+
+    ids: list[int]
+    removed_text: str = ""
+    removed_ids: tuple[int, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.removed_text)
+
+    def allowed_mask(self, tokenizer: Tokenizer, size: int | None = None) -> torch.Tensor | None:
+        """(V,) bool of the tokens allowed first: those whose text starts with the removed text.
+
+        The removed token itself is always among them. None when nothing was
+        removed. `size` pads or cuts to the model's vocabulary size.
+        """
+        if not self.active:
+            return None
+        index = vocab_index(tokenizer)
+        mask = index.mask(self.removed_text, size)
+        for i in self.removed_ids:
+            if i < mask.shape[0]:
+                mask[i] = True
+        return mask
+
+    def strip(self, text: str) -> str:
+        """The completion without the removed text at its front (it is already typed)."""
+        if self.removed_text and text.startswith(self.removed_text):
+            return text[len(self.removed_text):]
+        return text
+
+
+def heal(tokenizer: Tokenizer, ids: list[int], protected: int) -> HealPlan:
+    """Remove the last token of `ids` when another token extends its text; keep the first `protected`."""
+    ids = list(ids)
+    if len(ids) <= max(protected, 0):
+        return HealPlan(ids)
+    last = ids[-1]
+    index = vocab_index(tokenizer)
+    if last in index.excluded or not (0 <= last < len(index.strings)):
+        return HealPlan(ids)
+    text = index.strings[last]
+    if not text:
+        return HealPlan(ids)
+    if not index.extended_by_longer(text):
+        return HealPlan(ids)
+    return HealPlan(ids[:-1], text, (last,))

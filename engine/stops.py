@@ -1,0 +1,249 @@
+"""When to stop a completion, judged on its text.
+
+A `StopChecker` is fed the whole decoded completion after every token and
+answers `None` (go on) or a `Stop` (why, and how much of the text to keep).
+It handles the rules that read text: stop strings, single-line mode, block
+mode and repetition. The rules that count tokens or time (EOS, max tokens,
+deadline, cancellation) belong to the decode loop in `generate`.
+
+The text is expected to grow by appending (the decode loop holds back
+partial UTF-8); the checker scans only what is new, and starts over if the
+text ever changes behind it.
+
+Decisions, so the server can rely on them:
+
+- **Stop strings** cut before the earliest match.
+- **Line mode** stops at the first newline and keeps the text before it.
+  A newline that comes before any non-whitespace stops too (the completion
+  is then blank): the cursor's line is what the user asked to complete, and
+  a model that starts a new line says it has nothing to add to it.
+- **Block mode** completes the statement at the cursor with its nested
+  body. The starting level is the indentation of the cursor's line
+  (including whitespace the completion adds before its first character).
+  The completion stops at the start of a later line whose first
+  non-whitespace character sits at or below the starting level while no
+  bracket opened by the completion is left open; the text is cut at the end
+  of the last non-blank line. So Python's `def f():\\n    body\\n` ends at
+  the next dedented line, and a brace block ends after the `}` that
+  balances it (immediately, when that line holds only closing brackets and
+  `;` or `,`). Brackets inside string literals and comments are not
+  counted; the scanner knows `#` comments (at a line start or after
+  whitespace), `//` and `/* */` comments, '...', "..." and `...` strings
+  (one line long) and triple-quoted strings, and it reads the cursor's
+  line first so a cursor inside a string is known.
+- **Repetition** (when the policy asks for it): a non-empty line repeated
+  three times in a row keeps only the first copy; a tail that repeats a
+  unit of 2 to 64 characters holding a letter or digit, at least 4 times
+  and over at least 24 characters, keeps the first copy of the unit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .api import StopPolicy, StopReason
+
+OPENERS = "([{"
+CLOSERS = ")]}"
+LINE_REPEATS = 3
+LOOP_MIN_REPEATS = 4
+LOOP_MIN_CHARS = 24
+LOOP_MAX_UNIT = 64
+
+
+@dataclass(frozen=True)
+class Stop:
+    reason: StopReason
+    cut: int  # keep text[:cut]
+
+
+def indent_width(line: str) -> int:
+    """Columns of leading whitespace, a tab counting as 4."""
+    width = 0
+    for ch in line:
+        if ch == " ":
+            width += 1
+        elif ch == "\t":
+            width += 4
+        else:
+            break
+    return width
+
+
+class _BracketScanner:
+    """Counts bracket depth over code text, skipping strings and comments."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.mode = "code"      # code | line_comment | block_comment | string
+        self.quote = ""         # the delimiter of the open string
+        self.escape = False
+        self.prev = "\n"        # the previous character
+        self.max_depth = 0
+
+    def feed(self, text: str) -> None:
+        i, n = 0, len(text)
+        while i < n:
+            ch = text[i]
+            mode = self.mode
+            if mode == "code":
+                if ch in "\"'`":
+                    triple = text[i:i + 3] == ch * 3
+                    self.mode, self.quote = "string", ch * 3 if triple else ch
+                    i += 3 if triple else 1
+                    self.prev = ch
+                    continue
+                if ch == "#" and self.prev in " \t\n":
+                    self.mode = "line_comment"
+                elif ch == "/" and text[i + 1:i + 2] == "/":
+                    self.mode = "line_comment"
+                elif ch == "/" and text[i + 1:i + 2] == "*":
+                    self.mode = "block_comment"
+                    i += 1
+                elif ch in OPENERS:
+                    self.depth += 1
+                    self.max_depth = max(self.max_depth, self.depth)
+                elif ch in CLOSERS:
+                    self.depth -= 1
+            elif mode == "line_comment":
+                if ch == "\n":
+                    self.mode = "code"
+            elif mode == "block_comment":
+                if ch == "*" and text[i + 1:i + 2] == "/":
+                    self.mode = "code"
+                    i += 1
+            else:  # string
+                q = self.quote
+                if self.escape:
+                    self.escape = False
+                elif ch == "\\":
+                    self.escape = True
+                elif ch == "\n" and len(q) == 1:
+                    self.mode = "code"  # an unterminated one-line string ends with its line
+                elif text.startswith(q, i):
+                    self.mode = "code"
+                    i += len(q) - 1
+            self.prev = ch
+            i += 1
+
+
+class StopChecker:
+    def __init__(self, policy: StopPolicy, line_before_cursor: str = "") -> None:
+        self.policy = policy
+        self.line_before_cursor = line_before_cursor
+        self._reset()
+
+    def _reset(self) -> None:
+        self._text = ""
+        self._scanner = _BracketScanner()
+        self._scanner.feed(self.line_before_cursor)
+        self._scanner.depth = 0          # only brackets opened by the completion count
+        self._scanner.max_depth = 0
+        cursor_line = self.line_before_cursor
+        self._start_level = indent_width(cursor_line) if cursor_line.strip() else None
+        self._line = self.line_before_cursor  # the current line so far, cursor line included
+        self._line_start = -len(self.line_before_cursor)  # where it starts, in completion offsets
+        self._seen_content = False       # any non-whitespace in the completion yet
+        self._line_depth_at_start = 0
+        self._last_content_end = 0       # end of the last non-blank line's text
+        self._lines: list[str] = []      # the completion's finished lines
+        self._line_ends: list[int] = []  # offset of each finished line's newline
+        self._pending: Stop | None = None
+
+    # -- public -------------------------------------------------------------
+
+    def check(self, text: str) -> Stop | None:
+        """Feed the whole completion so far; a `Stop` once a rule fires."""
+        if not text.startswith(self._text):
+            self._reset()
+        new, start = text[len(self._text):], len(self._text)
+        self._text = text
+        found: list[Stop] = []
+        if self.policy.stop_strings:
+            hit = self._stop_strings(text, start)
+            if hit is not None:
+                found.append(hit)
+        for offset, ch in enumerate(new, start):
+            hit = self._feed_char(ch, offset)
+            if hit is not None:
+                found.append(hit)
+                break
+        if self.policy.stop_on_repetition and not found:
+            hit = self._char_loop(text)
+            if hit is not None:
+                found.append(hit)
+        return min(found, key=lambda s: s.cut) if found else None
+
+    # -- rules --------------------------------------------------------------
+
+    def _stop_strings(self, text: str, start: int) -> Stop | None:
+        best = None
+        for s in self.policy.stop_strings:
+            if not s:
+                continue
+            at = text.find(s, max(0, start - len(s) + 1))
+            if at >= 0 and (best is None or at < best):
+                best = at
+        return Stop("stop_string", best) if best is not None else None
+
+    def _feed_char(self, ch: str, offset: int) -> Stop | None:
+        mode = self.policy.mode
+        if ch == "\n":
+            line = self._line
+            if mode == "line":
+                return Stop("line", offset)
+            self._scanner.feed(ch)
+            if line.strip():
+                self._last_content_end = offset
+            hit = None
+            if mode == "block":
+                hit = self._block_at_line_end(line, offset)
+            if hit is None and self.policy.stop_on_repetition:
+                hit = self._line_repeats(line, offset)
+            self._line, self._line_start = "", offset + 1
+            self._line_depth_at_start = self._scanner.depth
+            return hit
+        self._scanner.feed(ch)
+        first_char_of_line = not self._line.strip() and not ch.isspace()
+        self._line += ch
+        if ch.isspace():
+            return None
+        if first_char_of_line:
+            level = indent_width(self._line)
+            if self._start_level is None:
+                self._start_level = level
+            elif mode == "block" and self._seen_content and self._line_depth_at_start <= 0 \
+                    and level <= self._start_level:
+                return Stop("block", self._last_content_end)
+        self._seen_content = True
+        return None
+
+    def _block_at_line_end(self, line: str, offset: int) -> Stop | None:
+        """A line of only closing brackets that balances the completion's block ends it at once."""
+        body = line.strip()
+        if (body and all(c in CLOSERS + ";," for c in body) and self._scanner.max_depth > 0
+                and self._scanner.depth <= 0 and self._start_level is not None
+                and indent_width(line) <= self._start_level and self._scanner.mode == "code"):
+            return Stop("block", offset)
+        return None
+
+    def _line_repeats(self, line: str, offset: int) -> Stop | None:
+        self._lines.append(line)
+        self._line_ends.append(offset)
+        tail = self._lines[-LINE_REPEATS:]
+        if len(tail) == LINE_REPEATS and tail[0].strip() and all(x == tail[0] for x in tail):
+            # keep the first copy: cut at the newline that ends it
+            return Stop("repetition", self._line_ends[-LINE_REPEATS])
+        return None
+
+    def _char_loop(self, text: str) -> Stop | None:
+        n = len(text)
+        for unit in range(2, min(LOOP_MAX_UNIT, n // LOOP_MIN_REPEATS) + 1):
+            reps = max(LOOP_MIN_REPEATS, -(-LOOP_MIN_CHARS // unit))
+            if reps * unit > n:
+                continue
+            piece = text[n - unit:]
+            if not any(c.isalnum() for c in piece):
+                continue
+            if text.endswith(piece * reps):
+                return Stop("repetition", n - (reps - 1) * unit)
+        return None
