@@ -27,6 +27,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .kvcache import KVCache
+from .quantize import Phase
 
 
 class RMSNorm(nn.Module):
@@ -150,6 +151,8 @@ class Transformer(nn.Module):
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         thetas = sorted({cfg.layer_rope_theta(i) for i in range(cfg.n_layers)})
         self._inv_freq = {t: rope_inv_freq(cfg, t) for t in thetas}
+        self.phase = Phase()          # read by quantized linears: prefill vs decode kernels
+        self.act_dtype = torch.float32  # activations; the embedding table may be stored smaller
         self.requires_grad_(False)
 
     def new_cache(self, batch: int = 1, capacity: int = 256, dtype: torch.dtype = torch.float32) -> KVCache:
@@ -168,17 +171,21 @@ class Transformer(nn.Module):
         return allowed
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, cache: KVCache, last_only: bool = True) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: KVCache, last_only: bool = True,
+                decode: bool = False) -> torch.Tensor:
         """Run `tokens` (B, T) after the cache's `length` positions; return logits.
 
         Logits are (B, V) for the last position when `last_only`, else (B, T, V).
-        The cache is extended by T positions.
+        The cache is extended by T positions. `decode` marks a sampling step
+        (as opposed to reading the prompt), which quantized layers may run
+        with a faster kernel.
         """
         cfg = self.cfg
         B, T = tokens.shape
         start = cache.length
         cache.ensure_capacity(start + T)
-        x = self.embed(tokens)
+        self.phase.decode = decode
+        x = self.embed(tokens).to(self.act_dtype)
         if cfg.embed_scale != 1.0:
             x = x * torch.tensor(cfg.embed_scale, dtype=x.dtype)
         positions = torch.arange(start, start + T, device=tokens.device)

@@ -1,0 +1,281 @@
+"""The local engine: a loaded model plus its per-document KV-cache.
+
+`Engine.complete` is the whole path of one request: typing-through check,
+response cache, prompt template and token healing, longest cached prefix
+from the KV store, prefill of only the new tokens, generation, and storing
+the cache back. It implements the `Backend` protocol of `api.py`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import fim, healing
+from .api import Candidate, CompletionRequest, CompletionResult, Timings
+from .errors import KeystrokeError
+from .generate import generate
+from .kvcache import KVCache
+from .kvstore import KVStore
+from .loader import load_checkpoint
+from .model import Transformer
+from .quantize import fbgemm_available, quantize_model
+from .registry import DEFAULT_MODEL, resolve
+from .response_cache import ResponseCache
+
+log = logging.getLogger("keystroke.engine")
+
+PROMPT_FORMAT_VERSION = 1
+PREFILL_CHUNK = 256
+# When a prompt is longer than the limit its start is cut, in steps of this
+# many tokens, so that the cut point (and with it the cache) moves rarely.
+TRUNCATE_STEP = 512
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "keystroke"
+
+
+def pick_quant(quant: str, device: torch.device) -> str:
+    if quant == "auto":
+        if device.type == "cuda":
+            return "bf16"
+        return "int8" if fbgemm_available() else "fp32"
+    if quant in ("int8", "fp16") and device.type == "cpu" and not fbgemm_available():
+        raise KeystrokeError(f"quantization {quant!r} needs torch's fbgemm kernels, which this torch build lacks",
+                             "use --quant fp32")
+    return quant
+
+
+@dataclass
+class _Suggestion:
+    """The last answer for a document, for typing-through."""
+
+    header: str
+    prefix: str
+    suffix: str
+    mode: str
+    texts: list[str]
+
+
+class Engine:
+    def __init__(self, model: Transformer, tokenizer, *, name: str, path: Path, fingerprint: str,
+                 quant: str, device: torch.device, info: dict, store: KVStore,
+                 responses: ResponseCache, max_prompt_tokens: int = 4096, keep_generated: bool = True) -> None:
+        self.model = model
+        self.cfg = model.cfg
+        self.tokenizer = tokenizer
+        self.name = name
+        self.path = path
+        self.fingerprint = fingerprint
+        self.quant = quant
+        self.device = device
+        self.checkpoint_info = info
+        self.store = store
+        self.responses = responses
+        self.max_prompt_tokens = min(max_prompt_tokens, self.cfg.max_seq_len)
+        # With int8 decode, generated tokens' K/V come from other kernels than a
+        # prefill would use: keeping them would make warm and cold differ.
+        self.keep_generated = keep_generated
+        self.template = fim.detect_template(tokenizer)
+        self._suggestions: dict[str, _Suggestion] = {}
+        self._lock = threading.Lock()
+        self._counters = {"requests": 0, "typed_through": 0, "response_cache_hits": 0,
+                          "computed_tokens": 0, "reused_memory_tokens": 0, "reused_disk_tokens": 0,
+                          "decode_tokens": 0, "prefill_ms": 0.0, "decode_ms": 0.0}
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, model: str | Path | None = None, *, quant: str = "auto", threads: int | None = None,
+             device: str = "cpu", cache_dir: Path | None = None, memory_budget_mb: int = 1024,
+             disk_budget_mb: int = 4096, persist: bool = True, max_prompt_tokens: int = 4096) -> "Engine":
+        """Load a registered model name, a .gguf file or a Hugging Face folder."""
+        if threads:
+            torch.set_num_threads(int(threads))
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise KeystrokeError("device 'cuda' was asked for but torch sees no GPU", "use device 'cpu'")
+        quant = pick_quant(quant, dev)
+        name = str(model or DEFAULT_MODEL)
+        path = resolve(name)
+        t0 = time.perf_counter()
+        ckpt = load_checkpoint(path)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(quant, torch.float32) if dev.type == "cuda" \
+            else torch.float32
+        net = Transformer.from_weights(ckpt.cfg, ckpt.weights, dtype=dtype)
+        del ckpt.weights
+        if dev.type == "cuda":
+            net = net.to(dev)
+            net.act_dtype = dtype
+        elif quant in ("int8", "fp16"):
+            quantize_model(net, quant, net.phase)
+            # The table is only read one row per token; fp16 halves its memory.
+            net.embed.weight = torch.nn.Parameter(net.embed.weight.half(), requires_grad=False)
+        elif quant == "bf16":
+            net = net.to(torch.bfloat16)
+            net.act_dtype = torch.bfloat16
+        cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+        fp = f"{ckpt.fingerprint}:{quant}:{dev.type}"
+        store = KVStore(fp, ckpt.cfg, memory_budget_mb=memory_budget_mb,
+                        disk_dir=(cache_root / "kv") if persist else None, disk_budget_mb=disk_budget_mb,
+                        format_version=PROMPT_FORMAT_VERSION)
+        responses = ResponseCache((cache_root / "responses") if persist else None)
+        info = dict(ckpt.info, load_s=round(time.perf_counter() - t0, 2))
+        log.info("loaded %s (%s, %s) in %.1fs", name, ckpt.cfg.family, quant, info["load_s"])
+        return cls(net, ckpt.tokenizer, name=name, path=path, fingerprint=fp, quant=quant, device=dev,
+                   info=info, store=store, responses=responses, max_prompt_tokens=max_prompt_tokens,
+                   keep_generated=(quant not in ("int8",)))
+
+    # ------------------------------------------------------------- completion
+    def complete(self, req: CompletionRequest) -> CompletionResult:
+        t_start = time.perf_counter()
+        with self._lock:  # one model, one request at a time
+            queue_ms = (time.perf_counter() - t_start) * 1000
+            self._t_request = t_start
+            result = self._complete(req)
+            result.timings.queue_ms = queue_ms
+            result.timings.total_ms = (time.perf_counter() - t_start) * 1000
+        self._count(result.timings)
+        return result
+
+    def _complete(self, req: CompletionRequest) -> CompletionResult:
+        timings = Timings()
+        through = self._typed_through(req) if req.use_cache else None
+        if through is not None:
+            timings.typed_through = True
+            return CompletionResult([Candidate(t, "typed_through") for t in through], timings)
+
+        prompt = fim.build_prompt(self.tokenizer, self.template, req.header, req.prefix, req.suffix)
+        ids = self._fit(list(prompt.ids), prompt.protected)
+        plan = healing.heal(self.tokenizer, ids, prompt.protected)
+        ids = list(plan.ids)
+        timings.prompt_tokens = len(ids)
+
+        key = None
+        if req.use_cache and (req.sampling.temperature == 0 or req.sampling.seed is not None):
+            key = self.responses.make_key(self.fingerprint, ids, plan.removed, req.sampling, req.stop, req.n)
+            hit = self.responses.get(key)
+            if hit is not None:
+                timings.response_cache_hit = True
+                self._remember(req, [c.text for c in hit])
+                return CompletionResult([Candidate(c.text, "cached", c.tokens) for c in hit], timings)
+
+        t0 = time.perf_counter()
+        if req.use_cache:
+            lease = self.store.acquire(req.doc_id, ids)
+            cache, reused, source = lease.cache, lease.reused, lease.source
+        else:
+            cache, reused, source = self.model.new_cache(capacity=len(ids) + 64), 0, None
+        # Logits come from running at least the last prompt token.
+        reused = min(reused, len(ids) - 1)
+        cache.truncate(reused)
+        if source == "disk":
+            timings.reused_disk_tokens = reused
+        else:
+            timings.reused_memory_tokens = reused
+        logits = None
+        for s in range(reused, len(ids), PREFILL_CHUNK):
+            chunk = torch.tensor([ids[s:s + PREFILL_CHUNK]], dtype=torch.long, device=self.device)
+            logits = self.model(chunk, cache)
+        timings.computed_tokens = len(ids) - reused
+        timings.prefill_ms = (time.perf_counter() - t0) * 1000
+
+        t1 = time.perf_counter()
+        deadline = self._t_request + req.stop.deadline_ms / 1000 if req.stop.deadline_ms else None
+        line = req.prefix.rsplit("\n", 1)[-1]
+        outs = generate(self.model, cache, logits, self.tokenizer, sampling=req.sampling, stop=req.stop,
+                        n=max(1, req.n), is_cancelled=req.is_cancelled, heal=plan,
+                        line_before_cursor=line, deadline=deadline)
+        timings.decode_ms = (time.perf_counter() - t1) * 1000
+        timings.decode_tokens = sum(len(o.ids) for o in outs)
+
+        if req.use_cache:
+            kept = ids
+            if self.keep_generated and req.n <= 1 and outs:
+                kept = ids + list(outs[0].ids)[: max(0, cache.length - len(ids))]
+            cache.truncate(len(kept))
+            self.store.release(req.doc_id, kept, cache)
+        candidates = [Candidate(o.text, o.stop_reason, len(o.ids)) for o in outs]
+        cancelled = any(c.stop_reason == "cancelled" for c in candidates)
+        if key is not None and not cancelled and not any(c.stop_reason == "deadline" for c in candidates):
+            self.responses.put(key, candidates)
+        if not cancelled:
+            self._remember(req, [c.text for c in candidates])
+        return CompletionResult(candidates, timings)
+
+    def _fit(self, ids: list[int], protected: int) -> list[int]:
+        """Cut the start of an over-long prompt (after its protected head) in coarse steps."""
+        limit = self.max_prompt_tokens - 256  # room to generate
+        if len(ids) <= limit:
+            return ids
+        excess = len(ids) - limit
+        cut = -(-excess // TRUNCATE_STEP) * TRUNCATE_STEP
+        head = ids[:protected] if protected < len(ids) // 2 else ids[:1]
+        return head + ids[len(head) + cut:]
+
+    # ---------------------------------------------------------- typing-through
+    def _remember(self, req: CompletionRequest, texts: list[str]) -> None:
+        texts = [t for t in texts if t]
+        if texts:
+            self._suggestions[req.doc_id] = _Suggestion(req.header, req.prefix, req.suffix, req.stop.mode, texts)
+        else:
+            self._suggestions.pop(req.doc_id, None)
+
+    def _typed_through(self, req: CompletionRequest) -> list[str] | None:
+        """The rest of the last suggestion, when the user typed a prefix of it since."""
+        last = self._suggestions.get(req.doc_id)
+        if last is None or last.header != req.header or last.suffix != req.suffix or last.mode != req.stop.mode:
+            return None
+        if not req.prefix.startswith(last.prefix):
+            return None
+        typed = req.prefix[len(last.prefix):]
+        if not typed:
+            return None
+        rests = [t[len(typed):] for t in last.texts if t.startswith(typed) and len(t) > len(typed)]
+        return rests[: max(1, req.n)] or None
+
+    # ------------------------------------------------------------- management
+    def _count(self, t: Timings) -> None:
+        c = self._counters
+        c["requests"] += 1
+        c["typed_through"] += int(t.typed_through)
+        c["response_cache_hits"] += int(t.response_cache_hit)
+        c["computed_tokens"] += t.computed_tokens
+        c["reused_memory_tokens"] += t.reused_memory_tokens
+        c["reused_disk_tokens"] += t.reused_disk_tokens
+        c["decode_tokens"] += t.decode_tokens
+        c["prefill_ms"] += t.prefill_ms
+        c["decode_ms"] += t.decode_ms
+
+    def info(self) -> dict:
+        return {"backend": "local", "model": self.name, "path": str(self.path), "family": self.cfg.family,
+                "device": str(self.device), "quant": self.quant, "threads": torch.get_num_threads(),
+                "fim": self.template.name if self.template else None, **self.checkpoint_info}
+
+    def stats(self) -> dict:
+        c = dict(self._counters)
+        seen = c["computed_tokens"] + c["reused_memory_tokens"] + c["reused_disk_tokens"]
+        c["reuse_ratio"] = round((seen - c["computed_tokens"]) / seen, 4) if seen else 0.0
+        c["kv"] = self.store.stats()
+        c["responses"] = self.responses.stats()
+        return c
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self.store.clear()
+            self.responses.clear()
+            self._suggestions.clear()
+
+    def close_document(self, doc_id: str) -> None:
+        with self._lock:
+            self.store.close(doc_id)
+            self._suggestions.pop(doc_id, None)
+
+    def new_cache(self, capacity: int = 256) -> KVCache:
+        return self.model.new_cache(capacity=capacity)

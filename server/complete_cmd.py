@@ -1,0 +1,68 @@
+"""`keystroke complete FILE:LINE:COL`: one completion from the command line, with timings."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from keystroke.engine.api import CompletionRequest, SamplingParams, StopPolicy
+from keystroke.engine.errors import KeystrokeError, PositionError
+
+
+def parse_target(target: str) -> tuple[Path, int, int]:
+    """Split FILE:LINE:COL (1-based); the file name itself may contain colons."""
+    parts = target.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        raise KeystrokeError(f"cannot read {target!r} as FILE:LINE:COL", "e.g. keystroke complete app.py:12:5")
+    return Path(parts[0]), int(parts[1]), int(parts[2])
+
+
+def offset_of(text: str, line: int, col: int) -> int:
+    """The str index of 1-based (line, col); col counts characters, and may sit just past the line's end."""
+    lines = text.split("\n")
+    if line < 1 or line > len(lines):
+        raise PositionError(f"line {line} is outside the file (it has {len(lines)} lines)")
+    if col < 1 or col > len(lines[line - 1]) + 1:
+        raise PositionError(f"column {col} is outside line {line} (it has {len(lines[line - 1])} characters)")
+    return sum(len(ln) + 1 for ln in lines[: line - 1]) + col - 1
+
+
+def read_source(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise KeystrokeError(f"no such file: {path}") from None
+    except OSError as e:
+        raise KeystrokeError(f"cannot read {path}: {e.strerror}") from None
+    if b"\0" in data:
+        raise KeystrokeError(f"{path} looks binary (it has NUL bytes); keystroke completes text files")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise KeystrokeError(f"{path} is not valid UTF-8 (byte {e.start})") from None
+
+
+def run_complete(args: argparse.Namespace) -> int:
+    path, line, col = parse_target(args.target)
+    text = read_source(path)
+    offset = offset_of(text, line, col)
+    from keystroke.engine.engine import Engine
+
+    t0 = time.perf_counter()
+    engine = Engine.load(args.model, quant=args.quant, threads=args.threads, persist=False)
+    load_s = time.perf_counter() - t0
+    req = CompletionRequest(
+        doc_id=path.resolve().as_uri(), prefix=text[:offset], suffix=text[offset:],
+        sampling=SamplingParams(temperature=args.temperature, seed=args.seed),
+        stop=StopPolicy(max_tokens=args.max_tokens, mode=args.mode), n=args.n, use_cache=False)
+    result = engine.complete(req)
+    for i, cand in enumerate(result.candidates):
+        if len(result.candidates) > 1:
+            print(f"--- candidate {i + 1} (stop: {cand.stop_reason})")
+        print(cand.text)
+    t = result.timings
+    tps = t.decode_tokens / (t.decode_ms / 1000) if t.decode_ms > 0 else 0.0
+    print(f"[{engine.name} {engine.quant}] load {load_s:.1f}s | prefill {t.computed_tokens} tok "
+          f"{t.prefill_ms:.0f} ms | decode {t.decode_tokens} tok {t.decode_ms:.0f} ms ({tps:.1f} tok/s) | "
+          f"stop: {result.candidates[0].stop_reason if result.candidates else '-'}")
+    return 0
