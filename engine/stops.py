@@ -70,60 +70,69 @@ def indent_width(line: str) -> int:
 
 
 class _BracketScanner:
-    """Counts bracket depth over code text, skipping strings and comments."""
+    """Counts bracket depth over code text, skipping strings and comments.
+
+    Fed one character at a time (text arrives token by token), so two- and
+    three-character delimiters are recognised from the characters before.
+    """
 
     def __init__(self) -> None:
         self.depth = 0
-        self.mode = "code"      # code | line_comment | block_comment | string
-        self.quote = ""         # the delimiter of the open string
-        self.escape = False
-        self.prev = "\n"        # the previous character
         self.max_depth = 0
+        self.mode = "code"      # code | line_comment | block_comment | string
+        self.quote = ""         # the open string's delimiter: ' " ` or a triple of one
+        self.escape = False
+        self.string_len = 0     # characters inside the open string so far
+        self.quote_run = 0      # closing quotes seen in a row (triple-quoted strings)
+        self.empty_quote = ""   # the quote of an empty string just closed ('' or "")
+        self.prev = "\n"
 
     def feed(self, text: str) -> None:
-        i, n = 0, len(text)
-        while i < n:
-            ch = text[i]
-            mode = self.mode
-            if mode == "code":
-                if ch in "\"'`":
-                    triple = text[i:i + 3] == ch * 3
-                    self.mode, self.quote = "string", ch * 3 if triple else ch
-                    i += 3 if triple else 1
-                    self.prev = ch
-                    continue
-                if ch == "#" and self.prev in " \t\n":
-                    self.mode = "line_comment"
-                elif ch == "/" and text[i + 1:i + 2] == "/":
-                    self.mode = "line_comment"
-                elif ch == "/" and text[i + 1:i + 2] == "*":
-                    self.mode = "block_comment"
-                    i += 1
-                elif ch in OPENERS:
-                    self.depth += 1
-                    self.max_depth = max(self.max_depth, self.depth)
-                elif ch in CLOSERS:
-                    self.depth -= 1
-            elif mode == "line_comment":
-                if ch == "\n":
-                    self.mode = "code"
-            elif mode == "block_comment":
-                if ch == "*" and text[i + 1:i + 2] == "/":
-                    self.mode = "code"
-                    i += 1
-            else:  # string
-                q = self.quote
-                if self.escape:
-                    self.escape = False
-                elif ch == "\\":
-                    self.escape = True
-                elif ch == "\n" and len(q) == 1:
-                    self.mode = "code"  # an unterminated one-line string ends with its line
-                elif text.startswith(q, i):
-                    self.mode = "code"
-                    i += len(q) - 1
-            self.prev = ch
-            i += 1
+        for ch in text:
+            self._char(ch)
+
+    def _char(self, ch: str) -> None:
+        prev, self.prev = self.prev, ch
+        mode = self.mode
+        if mode == "code":
+            empty, self.empty_quote = self.empty_quote, ""
+            if ch in "\"'`":
+                self.mode, self.escape, self.string_len, self.quote_run = "string", False, 0, 0
+                self.quote = ch * 3 if empty == ch else ch  # a third quote after '' opens a triple
+            elif ch == "#" and prev in " \t\n":
+                self.mode = "line_comment"
+            elif ch == "/" and prev == "/":
+                self.mode = "line_comment"
+            elif ch == "*" and prev == "/":
+                self.mode, self.prev = "block_comment", ""
+            elif ch in OPENERS:
+                self.depth += 1
+                self.max_depth = max(self.max_depth, self.depth)
+            elif ch in CLOSERS:
+                self.depth -= 1
+        elif mode == "line_comment":
+            if ch == "\n":
+                self.mode = "code"
+        elif mode == "block_comment":
+            if ch == "/" and prev == "*":
+                self.mode = "code"
+        elif self.escape:
+            self.escape = False
+            self.string_len += 1
+        elif ch == "\\":
+            self.escape = True
+            self.quote_run = 0
+        elif len(self.quote) == 1:
+            if ch == self.quote:
+                self.mode = "code"
+                self.empty_quote = ch if self.string_len == 0 else ""
+            elif ch == "\n":
+                self.mode = "code"  # an unterminated one-line string ends with its line
+            self.string_len += 1
+        else:
+            self.quote_run = self.quote_run + 1 if ch == self.quote[0] else 0
+            if self.quote_run == 3:
+                self.mode = "code"
 
 
 class StopChecker:

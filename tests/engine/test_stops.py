@@ -1,0 +1,117 @@
+"""Stop rules, fed text the way the decode loop does: one growing string per token."""
+import pytest
+
+from keystroke.engine.api import StopPolicy
+from keystroke.engine.stops import StopChecker, indent_width
+
+
+def run(text, chunk=1, line="", **policy):
+    """Feed `text` in chunks of `chunk` characters; return (reason, kept text) or None."""
+    checker = StopChecker(StopPolicy(**policy), line)
+    for end in list(range(chunk, len(text), chunk)) + [len(text)]:
+        hit = checker.check(text[:end])
+        if hit is not None:
+            return hit.reason, text[:hit.cut]
+    return None
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+def test_stop_string_cuts_before_the_earliest_match(chunk):
+    got = run("x = 1\nprint(x)  # END\nmore", chunk=chunk, stop_strings=("END", "print"))
+    assert got == ("stop_string", "x = 1\n")
+
+
+def test_stop_string_split_across_tokens():
+    checker = StopChecker(StopPolicy(stop_strings=("</code>",)))
+    assert checker.check("abc</co") is None
+    hit = checker.check("abc</code>tail")
+    assert hit.reason == "stop_string" and hit.cut == 3
+
+
+def test_line_mode_stops_at_the_end_of_the_line():
+    assert run("foo(1)\nbar()", line="x = ", mode="line") == ("line", "foo(1)")
+    assert run("foo(1)\nbar()", line="x = ", mode="free") is None
+
+
+def test_line_mode_leading_newline_stops_blank():
+    assert run("\n    bar()", line="x = 1", mode="line") == ("line", "")
+
+
+def test_block_mode_python_dedent_ends_the_block():
+    text = "def f(x):\n    if x:\n        return 1\n\n    return 2\n\ndef g():\n    pass\n"
+    assert run(text, mode="block") == ("block", "def f(x):\n    if x:\n        return 1\n\n    return 2")
+    assert run(text, mode="free") is None
+
+
+def test_block_mode_statement_at_cursor_level_inside_a_body():
+    # the cursor's line sets the level: the next line at that level ends the block
+    got = run("total += x\n    count += 1\n", line="    ", mode="block")
+    assert got == ("block", "total += x")
+
+
+def test_block_mode_braces_closing_line_ends_it():
+    text = "if (x) {\n  foo(\"}\");\n  // a } in a comment\n} else {\n  y();\n}\nbar();\n"
+    # the `}` in the string and the comment are not counted, `} else {` keeps it open
+    assert run(text, mode="block") == ("block", text[:text.index("}\nbar")+1])
+
+
+def test_block_mode_closing_an_enclosing_brace_is_left_out():
+    assert run("return 1;\n}\n", line="  ", mode="block") == ("block", "return 1;")
+
+
+def test_block_mode_open_bracket_keeps_going_past_the_start_level():
+    text = "x = foo(\n    1,\n2)\ny = 3\n"
+    # `2)` starts at level 0 but the paren is still open there; `y` ends it
+    assert run(text, mode="block") == ("block", "x = foo(\n    1,\n2)")
+
+
+def test_block_mode_cursor_inside_a_string_is_known():
+    # the cursor line opened a string: the completion's `(` is inside it
+    text = '(" + name\nz = 1\n'
+    assert run(text, line='msg = "hello ', mode="block") == ("block", '(" + name')
+
+
+def test_repeated_line_keeps_the_first_copy():
+    text = "a = 1\n    x += 1\n    x += 1\n    x += 1\n    y"
+    assert run(text) == ("repetition", "a = 1\n    x += 1")
+    assert run(text, stop_on_repetition=False) is None
+
+
+def test_two_copies_are_not_a_loop():
+    assert run("x += 1\nx += 1\ny = 2\n") is None
+
+
+def test_ngram_loop_in_the_tail():
+    text = "foo(" + "bar, " * 10
+    assert run(text) == ("repetition", "foo(bar, ")
+    assert run(text, stop_on_repetition=False) is None
+
+
+def test_separator_lines_are_not_loops():
+    assert run("# " + "-" * 70) is None
+
+
+def test_earliest_rule_wins():
+    text = "a()\nb()\nSTOP"
+    assert run(text, mode="line", stop_strings=("STOP",)) == ("line", "a()")
+
+
+def test_text_that_changes_behind_the_checker_is_rescanned():
+    checker = StopChecker(StopPolicy(mode="line"))
+    assert checker.check("abc") is None
+    assert checker.check("xy\nz").cut == 2
+
+
+def test_indent_width_counts_tabs_as_four():
+    assert indent_width("\t  x") == 6
+
+
+@pytest.mark.parametrize("text, kept", [
+    ('def f():\n    """Doc ( unbalanced\n    """\n    return 1\nx = 2\n',
+     'def f():\n    """Doc ( unbalanced\n    """\n    return 1'),
+    ("int f() {\n  /* { */\n  return 1;\n}\nint g;\n", "int f() {\n  /* { */\n  return 1;\n}"),
+    ("def f():\n    # TODO (later\n    pass\nx = 1\n", "def f():\n    # TODO (later\n    pass"),
+    ("s = ''\nt = '('\nu = 1\n", "s = ''"),
+])
+def test_block_mode_ignores_brackets_in_strings_and_comments(text, kept):
+    assert run(text, mode="block") == ("block", kept)
