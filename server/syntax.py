@@ -264,10 +264,12 @@ def _opens_block(st: ScanState, lex: Lexicon) -> bool:
     return st.last_code == "{" and bool(st.brackets) and st.brackets[-1] == "{"
 
 
-_DOCSTRING_TAIL = re.compile(r'[ \t]*[rRuU]?("""|\'\'\')(?:.|\n)*?\1[ \t]*\n[ \t]*\Z')
+def opens_block(text: str, language_id: str = "python") -> bool:
+    """Does `text` end (ignoring whitespace and comments) with a block opener?"""
+    return _opens_block(scan(text, language_id), lexicon(language_id))
 
 
-def _only_docstring_since_opener(before: str, language_id: str) -> bool:
+def only_docstring_since_opener(before: str, language_id: str = "python") -> bool:
     """Python: does `before` end with an opener line followed only by a docstring?"""
     if lexicon(language_id).block_opener != ":":
         return False
@@ -306,7 +308,7 @@ def analyze(prefix: str, suffix: str, language_id: str = "python") -> CursorCont
                 empty_body = not next_code_line or indent_width(next_code_line) <= indent_width(prev_code_line)
             else:
                 empty_body = next_code_line.strip().startswith("}") or not next_code_line
-        elif _only_docstring_since_opener(before_line, language_id):
+        elif only_docstring_since_opener(before_line, language_id):
             empty_body = True
     indented = blank and bool(prev_code_line) and (
         after_opener or indent_width(line_prefix) > 0 and indent_width(prev_code_line) > 0
@@ -343,3 +345,20 @@ def choose_mode(prefix: str, suffix: str, language_id: str = "python") -> Mode:
     if ctx.on_block_opener:
         return "block"
     return "line"
+
+
+def indent_unit(text: str) -> str:
+    """The document's indentation step: a tab, or the most common increase in spaces (default 4)."""
+    counts: dict[int, int] = {}
+    previous = 0
+    for line in text.split("\n", 5000)[:5000]:
+        if not line.strip():
+            continue
+        if line.startswith("\t"):
+            return "\t"
+        width = indent_width(line)
+        if width > previous:
+            counts[width - previous] = counts.get(width - previous, 0) + 1
+        previous = width
+    step = max(counts, key=lambda k: (counts[k], -k)) if counts else 4
+    return " " * (step if 2 <= step <= 8 else 4)
