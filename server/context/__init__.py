@@ -1,0 +1,134 @@
+"""Context for one completion: a stable header of related code, the prefix and the suffix.
+
+`build_context` is the one entry point the server calls per request. The
+sources it draws on (`sources.py`) are plain functions a test can call one by
+one; `budget.py` renders and fits them; `secrets.py` (one level up) redacts
+every part before it is returned.
+
+The header is a pure function of the document *without its cursor line* (and
+of the other documents), so typing on a line leaves it byte-identical and the
+engine's KV-cache for it is reused.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from ..secrets import find_secrets, is_env_file, redact_secrets, redact_spans
+from .budget import fit_header, render_header, trim_prefix, trim_suffix
+from .parse import language_of
+from .sources import (
+    display_name,
+    imports_source,
+    signatures_source,
+    siblings_source,
+    similar_source,
+    stable_view,
+)
+from .types import ContextConfig, DocumentView, PromptParts, Snippet
+
+__all__ = [
+    "ContextConfig", "DocumentView", "PromptParts", "Snippet", "approx_tokens", "build_context",
+    "imports_source", "signatures_source", "siblings_source", "similar_source", "stable_view",
+]
+
+_CONFIG_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".ini": "ini", ".cfg": "ini",
+                    ".conf": "ini", ".toml": "toml", ".properties": "properties", ".env": "dotenv"}
+_CHARS_PER_TOKEN_CAP = 32  # no tokenizer spends fewer tokens than this on a line's characters
+
+
+def approx_tokens(text: str) -> int:
+    """A rough token count (about 4 characters a token) for callers without a tokenizer."""
+    return (len(text) + 3) // 4
+
+
+def _secret_language(language_id: str, path: Path | str | None) -> str:
+    if path is not None:
+        suffix = Path(str(path)).suffix.lower()
+        if suffix in _CONFIG_SUFFIXES:
+            return _CONFIG_SUFFIXES[suffix]
+    return language_id
+
+
+def build_context(doc: DocumentView, offset: int, others: list[DocumentView], *,
+                  config: ContextConfig = ContextConfig(),
+                  count_tokens: Callable[[str], int] = approx_tokens,
+                  workspace_root: Path | None = None) -> PromptParts:
+    """The prompt parts for a completion at `offset` (a str index into doc.text).
+
+    Header, prefix and suffix each fit their share of `config.budget_tokens`
+    as counted by `count_tokens`; secrets are redacted in each part separately,
+    so the prefix still ends exactly at the cursor.
+    """
+    text = doc.text
+    offset = max(0, min(offset, len(text)))
+    header_budget, prefix_budget, suffix_budget = config.budgets()
+    lang = language_of(doc.language_id, doc.path)
+    env_file = is_env_file(doc.path or doc.uri)
+    secret_lang = _secret_language(doc.language_id, doc.path or doc.uri)
+
+    # Prefix and suffix: scan a window around the cursor for secrets, redact each side apart, then trim.
+    lo = text.rfind("\n", 0, max(0, offset - prefix_budget * _CHARS_PER_TOKEN_CAP)) + 1 if offset else 0
+    hi_probe = text.find("\n", min(len(text), offset + suffix_budget * _CHARS_PER_TOKEN_CAP))
+    hi = len(text) if hi_probe < 0 else hi_probe + 1
+    spans = find_secrets(text[lo:hi], language_id=secret_lang, env_file=env_file)
+    prefix_raw = redact_spans(text[lo:offset], spans)
+    suffix_raw = redact_spans(text[offset:hi], spans, base=offset - lo)
+    first_window_line = text.count("\n", 0, lo)
+    cursor_line = first_window_line + prefix_raw.count("\n")
+    prefix, first_rel = trim_prefix(prefix_raw, prefix_budget, count_tokens, config.snap_lines, first_window_line)
+    suffix = trim_suffix(suffix_raw, suffix_budget, count_tokens, config.snap_lines, cursor_line)
+    visible = range(first_window_line + first_rel, cursor_line + suffix.count("\n") + 1)
+
+    # Header: sources over the stable view, redacted, deduplicated, fitted.
+    stable, line = stable_view(doc, offset)
+    snippets: list[Snippet] = []
+    if config.imports:
+        snippets += imports_source(stable, line, visible)
+    if config.signatures:
+        snippets += signatures_source(stable, line, others, config=config, workspace_root=workspace_root,
+                                      visible=visible)
+    if config.siblings:
+        snippets += siblings_source(stable, line, config=config, visible=visible)
+    if config.similar:
+        snippets += similar_source(stable, line, others, config=config, workspace_root=workspace_root)
+    snippets = _dedupe(snippets)
+    snippets = [replace(s, text=redact_secrets(s.text, language_id=_secret_language(s.language, None)))
+                for s in snippets]
+    path_line = f"file: {display_name(doc, workspace_root)}" if config.include_path else None
+    header, chosen = fit_header(snippets, header_budget, count_tokens, lang, path_line, config.enabled(),
+                                post=redact_secrets)
+
+    provenance: list[dict] = []
+    for source in config.enabled():
+        items = [s for s in chosen if s.source == source]
+        if items:
+            provenance.append({
+                "source": source,
+                "items": len(items),
+                "tokens": count_tokens(render_header(items, lang)),
+                "origins": sorted({s.origin for s in items}),
+            })
+    provenance.append({"source": "header", "tokens": count_tokens(header) if header else 0,
+                       "items": len(chosen), "origins": []})
+    provenance.append({"source": "prefix", "tokens": count_tokens(prefix), "items": prefix.count("\n") + 1,
+                       "origins": [display_name(doc, workspace_root)]})
+    provenance.append({"source": "suffix", "tokens": count_tokens(suffix) if suffix else 0,
+                       "items": suffix.count("\n"), "origins": [display_name(doc, workspace_root)]})
+    return PromptParts(header, prefix, suffix, provenance)
+
+
+def _dedupe(snippets: list[Snippet]) -> list[Snippet]:
+    """Keep the first offer of each block (sources come in priority order) and drop repeated texts."""
+    seen_blocks: set[tuple[str, int]] = set()
+    seen_texts: set[str] = set()
+    out = []
+    for s in snippets:
+        block = (s.origin, s.line)
+        if (s.line >= 0 and block in seen_blocks) or s.text in seen_texts:
+            continue
+        seen_blocks.add(block)
+        seen_texts.add(s.text)
+        out.append(s)
+    return out

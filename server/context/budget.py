@@ -1,0 +1,193 @@
+"""Render the header as comments, and fit header, prefix and suffix to their token budgets.
+
+Prefix and suffix are cut at line boundaries that move in steps of
+`snap` lines, so the first token of the prompt's prefix stays put while the
+user types and the KV-cache behind it survives.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .types import Snippet
+
+CountTokens = Callable[[str], int]
+
+SECTION_ORDER = ("imports", "signatures", "siblings", "similar")
+
+_HASH = {"python", "ruby", "shellscript", "sh", "bash", "zsh", "yaml", "toml", "perl", "r", "makefile", "make",
+         "dockerfile", "cmake", "powershell", "elixir", "nim", "julia", "coffeescript", "properties", "ini",
+         "dotenv", "gitignore", "starlark", "bazel", "graphql", "text", "plaintext", ""}
+_DASH = {"lua", "sql", "haskell", "elm", "ada", "vhdl", "purescript"}
+_SEMI = {"clojure", "lisp", "commonlisp", "scheme", "racket", "elisp", "emacs-lisp", "asm", "nasm"}
+_PERCENT = {"latex", "tex", "erlang", "matlab", "prolog"}
+_XML = {"html", "xml", "markdown", "vue", "svelte", "xsl", "svg"}
+
+
+def comment_marks(language: str) -> tuple[str, str]:
+    """(start, end) of a one-line comment in `language`; C-style `//` unless known otherwise."""
+    lang = language.lower()
+    if lang in _HASH:
+        return "#", ""
+    if lang in _DASH:
+        return "--", ""
+    if lang in _SEMI:
+        return ";;", ""
+    if lang in _PERCENT:
+        return "%", ""
+    if lang in _XML:
+        return "<!--", " -->"
+    if lang == "css":
+        return "/*", " */"
+    if lang in ("vim", "viml"):
+        return '"', ""
+    return "//", ""
+
+
+def comment_out(text: str, language: str) -> str:
+    """Every line of `text` as a comment line, each ending in a newline."""
+    start, end = comment_marks(language)
+    out = []
+    for line in text.split("\n"):
+        line = line.rstrip()
+        out.append(f"{start} {line}{end}\n" if line else f"{start}{end}\n")
+    return "".join(out)
+
+
+def render_header(snippets: list[Snippet], language: str, path_line: str | None = None) -> str:
+    """The header text: sections in a fixed order, snippets in their stable order, one heading per group."""
+    ordered = sorted(snippets, key=lambda s: (SECTION_ORDER.index(s.source) if s.source in SECTION_ORDER else 99,
+                                              s.order))
+    parts: list[str] = []
+    last_title = None
+    for s in ordered:
+        if s.title != last_title:
+            parts.append(comment_out(s.title + ":", language))
+            last_title = s.title
+        parts.append(comment_out(s.text, language))
+    if path_line:
+        parts.append(comment_out(path_line, language))
+    return "".join(parts)
+
+
+def fit_header(snippets: list[Snippet], budget: int, count_tokens: CountTokens, language: str,
+               path_line: str | None = None, priority: tuple[str, ...] = SECTION_ORDER,
+               post: Callable[[str], str] = lambda h: h) -> tuple[str, list[Snippet]]:
+    """The best header within `budget` tokens, and the snippets in it.
+
+    Snippets are taken greedily by source priority then rank; what does not
+    fit is skipped (a smaller one later may still fit). The rendered header is
+    counted again at the end (after `post`, e.g. secret redaction) and
+    trimmed until it truly fits.
+    """
+    if budget <= 0:
+        return "", []
+    ranked = sorted(snippets, key=lambda s: (priority.index(s.source) if s.source in priority else 99, -s.rank, s.order))
+    used = count_tokens(comment_out(path_line, language)) if path_line else 0
+    if used > budget:
+        path_line, used = None, 0
+    chosen: list[Snippet] = []
+    titles: set[str] = set()
+    for s in ranked:
+        cost = count_tokens(comment_out(s.text, language))
+        if s.title not in titles:
+            cost += count_tokens(comment_out(s.title + ":", language))
+        if used + cost <= budget:
+            chosen.append(s)
+            titles.add(s.title)
+            used += cost
+    header = post(render_header(chosen, language, path_line))
+    while chosen and count_tokens(header) > budget:
+        chosen.pop()
+        header = post(render_header(chosen, language, path_line))
+    if count_tokens(header) > budget:
+        header = ""
+        chosen = []
+    return header, chosen
+
+
+def trim_prefix(text: str, budget: int, count_tokens: CountTokens, snap: int = 1,
+                first_line: int = 0) -> tuple[str, int]:
+    """The end of `text` (the document before the cursor) within `budget` tokens, and its first line's number.
+
+    Whole lines are dropped from the top; the cut line is rounded up to a
+    multiple of `snap` (counting from document line 0, where `text` starts
+    at document line `first_line`) so it moves only every `snap` lines. When
+    even the cursor's line does not fit, its tail is kept. The returned line
+    number is relative to `text`.
+    """
+    if budget <= 0:
+        return "", text.count("\n")
+    if len(text) <= budget * 8 and count_tokens(text) <= budget:
+        return text, 0
+    lines = text.split("\n")
+    last = len(lines) - 1
+    used, first = 0, last + 1
+    while first > 0:
+        cost = count_tokens(lines[first - 1] + ("\n" if first - 1 < last else ""))
+        if used + cost > budget:
+            break
+        used += cost
+        first -= 1
+    if snap > 1 and first <= last:
+        snapped = -(-(first + first_line) // snap) * snap - first_line
+        if snapped <= last and (last - snapped) * 2 >= (last - first):
+            first = snapped  # keep at least half of what fits
+    while first <= last:
+        kept = "\n".join(lines[first:])
+        if count_tokens(kept) <= budget:
+            return kept, first
+        first += 1
+    return _tail_chars(lines[last], budget, count_tokens), last
+
+
+def trim_suffix(text: str, budget: int, count_tokens: CountTokens, snap: int = 1, first_line: int = 0) -> str:
+    """The start of `text` (the document after the cursor) within `budget` tokens, cut at a line end.
+
+    `first_line` is the document line the suffix starts on, so that the cut
+    falls on the same multiples of `snap` as the document's lines.
+    """
+    if budget <= 0:
+        return ""
+    if len(text) <= budget * 8 and count_tokens(text) <= budget:
+        return text
+    lines = text.split("\n")
+    used, n = 0, 0
+    while n < len(lines):
+        cost = count_tokens(lines[n] + "\n")
+        if used + cost > budget:
+            break
+        used += cost
+        n += 1
+    if snap > 1 and n > 1:
+        end_line = first_line + n
+        snapped = end_line - end_line % snap - first_line
+        if snapped >= 1 and snapped * 2 >= n:
+            n = snapped
+    while n > 0:
+        kept = "\n".join(lines[:n]) + "\n"
+        if count_tokens(kept) <= budget:
+            return kept
+        n -= 1
+    return _head_chars(lines[0], budget, count_tokens)
+
+
+def _tail_chars(line: str, budget: int, count_tokens: CountTokens) -> str:
+    lo, hi = 0, len(line)  # find the longest tail that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count_tokens(line[len(line) - mid:]) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return line[len(line) - lo:] if lo else ""
+
+
+def _head_chars(line: str, budget: int, count_tokens: CountTokens) -> str:
+    lo, hi = 0, len(line)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count_tokens(line[:mid]) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return line[:lo]

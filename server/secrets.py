@@ -1,0 +1,164 @@
+"""Find and redact secrets before any text can reach a prompt, a cache or a log.
+
+Two kinds of evidence mark a secret: the shape of the value itself (an AWS key
+id, a GitHub token, a JWT, a private key block...) and the name it is
+assigned to (`password = "..."`, `API_TOKEN=...`, `"client_secret": "..."`).
+Only the value is replaced, so the surrounding code still reads naturally,
+and line breaks inside a value are kept, so line numbers still hold.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePath
+
+PLACEHOLDER = "REDACTED"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret value at text[start:end]."""
+
+    start: int
+    end: int
+    kind: str
+
+
+# Values recognisable by their shape alone.
+_SHAPES: list[tuple[str, re.Pattern[str]]] = [
+    ("aws-access-key-id", re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b")),
+    ("github-token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,255}\b")),
+    ("github-token", re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,255}\b")),
+    ("stripe-key", re.compile(r"\b(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{10,}\b")),
+    ("openai-key", re.compile(r"\bsk-(?:[A-Za-z0-9]+-)*[A-Za-z0-9_-]{20,}")),
+    ("slack-token", re.compile(r"\bxox[abposre]-[A-Za-z0-9-]{10,}")),
+    ("slack-webhook", re.compile(r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]{20,}")),
+    ("google-api-key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}")),
+    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
+    ("bearer-token", re.compile(r"(?<=\bBearer )[A-Za-z0-9._~+/-]{16,}=*")),
+]
+
+# Private key blocks: only the body between the markers is secret; a block cut
+# by the end of the text (a prefix that stops inside it) is secret to the end.
+_KEY_BLOCK = re.compile(
+    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+    r"(?P<body>.*?)"
+    r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\Z)",
+    re.DOTALL,
+)
+# A text that starts inside a key block (a suffix cut at the cursor).
+_KEY_BLOCK_TAIL = re.compile(
+    r"\A(?P<body>(?:(?!-----BEGIN ).)*?)-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----",
+    re.DOTALL,
+)
+
+# scheme://user:password@host
+_URL_PASSWORD = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*:(?P<value>[^\s@/'\"]+)@")
+
+# name <sep> value, where the name says "secret". The name may be quoted
+# (JSON, dict literals) and may be prefixed by `export` (.env, shell).
+_NAME = r"[A-Za-z_][A-Za-z0-9_.-]*"
+_ASSIGN = re.compile(
+    r"(?P<q>['\"]?)(?P<name>" + _NAME + r")(?P=q)"
+    r"(?P<sep>\s*(?::\s*[A-Za-z_][\w\[\], .|]*?)?\s*(?:=|:=|:|=>|->)\s*)"
+    r"(?:(?P<quote>['\"`])(?P<qvalue>(?:\\.|(?!(?P=quote)).)*)(?P=quote)"
+    r"|(?P<bare>[^\s'\"`,;#)}\]]+))"
+)
+_SECRET_NAME_ENDINGS = (
+    "password", "passwd", "pwd", "pass", "passphrase", "secret", "token", "apikey",
+    "accesskey", "secretkey", "privatekey", "authkey", "signingkey", "encryptionkey",
+    "credential", "credentials", "secretkeybase", "connectionstring", "dsn",
+)
+_CONFIG_LANGUAGES = {"yaml", "json", "jsonc", "ini", "properties", "toml", "dotenv", "env", "shellscript", "sh", "bash", "dockerfile"}
+
+
+def is_secret_name(name: str) -> bool:
+    """True for names like DB_PASSWORD, apiKey, client-secret, GITHUB_TOKEN."""
+    flat = re.sub(r"[^a-z0-9]", "", name.lower())
+    return flat.endswith(_SECRET_NAME_ENDINGS)
+
+
+def is_env_file(path: str | PurePath | None) -> bool:
+    """True for `.env`, `prod.env`, `.env.local` and the like (path or uri)."""
+    if path is None:
+        return False
+    name = str(path).replace("\\", "/").rsplit("/", 1)[-1].lower()
+    return name in (".env", ".envrc") or name.endswith(".env") or name.startswith(".env.")
+
+
+def _looks_like_code(value: str) -> bool:
+    """An unquoted value in code is usually an expression, not a literal."""
+    if re.fullmatch(r"[A-Za-z_][\w.]*(\(.*)?", value):
+        return True  # a name, an attribute or a call: token = next_token()
+    return any(c in value for c in "([{") or value in ("None", "null", "nil", "true", "false", "True", "False")
+
+
+def find_secrets(text: str, *, language_id: str = "", env_file: bool = False) -> list[Secret]:
+    """Every secret value in `text`, sorted and without overlaps.
+
+    `env_file` treats every `NAME=value` line as a secret (a whole .env file);
+    `language_id` says whether bare unquoted values count (they do in YAML,
+    INI, .env and the like, where values are not quoted).
+    """
+    found: list[Secret] = []
+    for kind, pattern in _SHAPES:
+        for m in pattern.finditer(text):
+            found.append(Secret(m.start(), m.end(), kind))
+    for pattern in (_KEY_BLOCK, _KEY_BLOCK_TAIL):
+        for m in pattern.finditer(text):
+            if m.group("body").strip():
+                found.append(Secret(m.start("body"), m.end("body"), "private-key"))
+    for m in _URL_PASSWORD.finditer(text):
+        found.append(Secret(m.start("value"), m.end("value"), "url-password"))
+    config_like = env_file or language_id.lower() in _CONFIG_LANGUAGES
+    for m in _ASSIGN.finditer(text):
+        if not (env_file or is_secret_name(m.group("name"))):
+            continue
+        if m.group("qvalue") is not None:
+            value, start = m.group("qvalue"), m.start("qvalue")
+            if len(value) < 3 or value.startswith(("${", "{{", "<")):
+                continue
+        else:
+            value, start = m.group("bare"), m.start("bare")
+            if not config_like and _looks_like_code(value):
+                continue
+            if len(value) < 3 or value.startswith(("${", "{{", "<", "$")):
+                continue
+        found.append(Secret(start, start + len(value), "assignment"))
+    return _merge(found)
+
+
+def _merge(found: list[Secret]) -> list[Secret]:
+    merged: list[Secret] = []
+    for s in sorted(found, key=lambda s: (s.start, -s.end)):
+        if merged and s.start < merged[-1].end:
+            last = merged[-1]
+            if s.end > last.end:
+                merged[-1] = Secret(last.start, s.end, last.kind)
+            continue
+        merged.append(s)
+    return merged
+
+
+def _placeholder(value: str) -> str:
+    """One PLACEHOLDER per line of the value, keeping the line breaks."""
+    return "\n".join(PLACEHOLDER if line.strip() else line for line in value.split("\n"))
+
+
+def redact_spans(text: str, spans: list[Secret], base: int = 0) -> str:
+    """Replace the parts of `spans` (offsets relative to text[0] + base) that fall in text."""
+    out, pos = [], 0
+    for s in spans:
+        start, end = max(s.start - base, 0), min(s.end - base, len(text))
+        if end <= start or start < pos:
+            continue
+        out.append(text[pos:start])
+        out.append(_placeholder(text[start:end]))
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def redact_secrets(text: str, *, language_id: str = "", env_file: bool = False) -> str:
+    """`text` with every secret value replaced by a placeholder (newlines kept)."""
+    return redact_spans(text, find_secrets(text, language_id=language_id, env_file=env_file))
