@@ -63,10 +63,10 @@ class VocabIndex:
 
     def mask(self, text: str, size: int | None = None) -> torch.Tensor:
         """(size,) bool: True for the tokens whose text starts with `text`."""
-        out = torch.zeros(size or self.size, dtype=torch.bool)
+        out = np.zeros(size or self.size, dtype=np.bool_)  # numpy: torch's threaded fill costs ms here
         ids = self.extending(text)
-        out[torch.from_numpy(ids[ids < out.shape[0]])] = True
-        return out
+        out[ids[ids < out.shape[0]]] = True
+        return torch.from_numpy(out)
 
 
 def _control_ids(tokenizer: Tokenizer) -> frozenset[int]:

@@ -111,7 +111,8 @@ def test_indent_width_counts_tabs_as_four():
      'def f():\n    """Doc ( unbalanced\n    """\n    return 1'),
     ("int f() {\n  /* { */\n  return 1;\n}\nint g;\n", "int f() {\n  /* { */\n  return 1;\n}"),
     ("def f():\n    # TODO (later\n    pass\nx = 1\n", "def f():\n    # TODO (later\n    pass"),
-    ("s = ''\nt = '('\nu = 1\n", "s = ''"),
+    ("x = ('', '(')\ny = 1\n", "x = ('', '(')"),
+    ("x = '''a ( b''' + f(\n  1)\ny = 1\n", "x = '''a ( b''' + f(\n  1)"),
 ])
 def test_block_mode_ignores_brackets_in_strings_and_comments(text, kept):
     assert run(text, mode="block") == ("block", kept)

@@ -1,0 +1,171 @@
+"""Token healing on a real `tokenizers` byte-level BPE whose merges the test chooses.
+
+The merges make `getUs` end in the token `Us` while `Use` and `User` are
+tokens too, make `\\n  ` (a partial indentation) one token with `\\n    `
+another, and `=` a prefix of `==`: the three ways a cursor sits inside a
+token.
+"""
+import time
+
+import torch
+from tokenizers import AddedToken, decoders, pre_tokenizers
+from tokenizers import Tokenizer as Backend
+from tokenizers.models import BPE
+
+from keystroke.engine.api import SamplingParams, StopPolicy
+from keystroke.engine.generate import generate
+from keystroke.engine.healing import HealPlan, VocabIndex, heal, vocab_index
+from keystroke.engine.tokenizer import Tokenizer
+
+WORDS = ("get", "User", "Name", "ĊĠĠĠĠ", "==", "Ġ==")
+SPECIALS = ("<|endoftext|>", "<s>")
+
+
+def toy_tokenizer(words=WORDS) -> Tokenizer:
+    """Byte-level BPE over the whole text (no pre-split), spelling each word by left-to-right merges."""
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    merges = []
+    for word in words:
+        built = word[0]
+        for ch in word[1:]:
+            if built + ch not in vocab:
+                merges.append((built, ch))
+                vocab[built + ch] = len(vocab)
+            built += ch
+    backend = Backend(BPE(vocab=vocab, merges=merges))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(s, special=True) for s in SPECIALS])
+    return Tokenizer(backend, bos_id=backend.token_to_id("<s>"),
+                     eos_ids=[backend.token_to_id("<|endoftext|>")], add_bos=True)
+
+
+def strings_of(tok, ids):
+    return [tok.token_strings()[i] for i in ids]
+
+
+def test_toy_tokenizer_splits_as_intended():
+    tok = toy_tokenizer()
+    assert strings_of(tok, tok.encode("getUs")) == ["get", "Us"]
+    assert strings_of(tok, tok.encode("x\n  ")) == ["x", "\n  "]
+
+
+def test_partial_word_is_backed_up_and_only_extensions_are_allowed():
+    tok = toy_tokenizer()
+    ids = [tok.bos_id] + tok.encode("x = getUs")
+    plan = heal(tok, ids, protected=1)
+    assert plan.active and plan.removed_text == "Us"
+    assert plan.ids == ids[:-1] and plan.removed_ids == (ids[-1],)
+    mask = plan.allowed_mask(tok)
+    allowed = {tok.token_strings()[i] for i in mask.nonzero().flatten().tolist()}
+    assert allowed == {"Us", "Use", "User"}
+    assert mask[ids[-1]]  # the removed token itself stays possible
+
+
+def test_partial_indentation_and_operator_are_healed():
+    tok = toy_tokenizer()
+    plan = heal(tok, tok.encode("def f():\n  "), protected=0)
+    assert plan.removed_text == "\n  "
+    assert tok.token_id("ĊĠĠĠĠ") in plan.allowed_mask(tok).nonzero().flatten().tolist()
+    plan = heal(tok, tok.encode("if a ="), protected=0)
+    assert plan.removed_text == " ="
+    allowed = {tok.token_strings()[i] for i in plan.allowed_mask(tok).nonzero().flatten().tolist()}
+    assert allowed == {" =", " =="}
+
+
+def test_complete_token_is_left_alone():
+    tok = toy_tokenizer()
+    ids = tok.encode("getUser")
+    assert strings_of(tok, ids)[-1] == "User"
+    plan = heal(tok, ids, protected=0)
+    assert not plan.active and plan.ids == ids and plan.allowed_mask(tok) is None
+
+
+def test_protected_ids_are_never_removed():
+    tok = toy_tokenizer()
+    ids = [tok.bos_id] + tok.encode("getUs")
+    assert not heal(tok, ids, protected=len(ids)).active
+    assert not heal(tok, [tok.bos_id], protected=0).active  # BOS is a control token
+
+
+def test_special_tokens_are_never_allowed():
+    tok = toy_tokenizer(WORDS + ("<|",))
+    plan = heal(tok, tok.encode("a <"), protected=0)
+    assert plan.removed_text == "<"
+    allowed = plan.allowed_mask(tok).nonzero().flatten().tolist()
+    assert tok.token_id("<|") in allowed
+    assert tok.token_id("<|endoftext|>") not in allowed
+
+
+class ScriptedModel:
+    """Stands in for the transformer: prefers `plain` first, then EOS."""
+
+    def __init__(self, vocab, first_choices, eos):
+        self.vocab, self.first, self.eos, self.calls = vocab, first_choices, eos, 0
+
+    def first_logits(self):
+        logits = torch.full((1, self.vocab), -10.0)
+        for rank, token in enumerate(self.first):
+            logits[0, token] = 10.0 - rank
+        return logits
+
+    def __call__(self, tokens, cache):
+        self.calls += 1
+        logits = torch.full((tokens.shape[0], self.vocab), -10.0)
+        logits[:, self.eos] = 10.0
+        return logits
+
+
+def test_generate_with_healing_constrains_the_first_token_and_does_not_repeat_it():
+    tok = toy_tokenizer()
+    prompt = [tok.bos_id] + tok.encode("x = getUs")
+    plan = heal(tok, prompt, protected=1)
+    eos = next(iter(tok.eos_ids))
+    # unconstrained, the model would write "Name"; among extensions of "Us" it prefers "User"
+    model = ScriptedModel(tok.vocab_size, [tok.token_id("Name"), tok.token_id("User")], eos)
+    out = generate(model, None, model.first_logits(), tok, sampling=SamplingParams(),
+                   stop=StopPolicy(max_tokens=8), heal=plan, line_before_cursor="x = getUs")
+    assert [g.text for g in out] == ["er"]  # "getUs" + "er" == "getUser": nothing typed twice
+    assert out[0].ids == [tok.token_id("User")] and out[0].stop_reason == "eos"
+    unhealed = generate(model, None, model.first_logits(), tok, sampling=SamplingParams(),
+                        stop=StopPolicy(max_tokens=8))
+    assert unhealed[0].text == "Name"  # what the same model writes without healing
+
+
+def test_generate_when_the_model_keeps_the_removed_token_adds_nothing():
+    tok = toy_tokenizer()
+    plan = heal(tok, tok.encode("getUs"), protected=0)
+    eos = next(iter(tok.eos_ids))
+    model = ScriptedModel(tok.vocab_size, [tok.token_id("Us")], eos)
+    out = generate(model, None, model.first_logits(), tok, sampling=SamplingParams(),
+                   stop=StopPolicy(max_tokens=8), heal=plan)
+    assert out[0].text == "" and out[0].ids == [tok.token_id("Us")]
+
+
+def test_strip_only_removes_a_matching_front():
+    plan = HealPlan(ids=[1], removed_text="Us", removed_ids=(2,))
+    assert plan.strip("User") == "er" and plan.strip("Name") == "Name"
+
+
+def test_index_of_a_large_vocabulary_is_fast_and_cached():
+    class Big:
+        vocab_size = 262_144
+        bos_id, eos_ids = 2, frozenset({1})
+
+        def token_strings(self):
+            return [f"t{i:x}" for i in range(self.vocab_size)]
+
+        def special_tokens(self):
+            return {"<bos>": 2, "<eos>": 1}
+
+    big = Big()
+    t0 = time.perf_counter()
+    index = vocab_index(big)
+    build = time.perf_counter() - t0
+    assert vocab_index(big) is index
+    t0 = time.perf_counter()
+    mask = HealPlan([0], "t3ff", (0x3ff,)).allowed_mask(big)
+    per_mask = time.perf_counter() - t0
+    assert mask.shape == (262_144,) and int(mask.sum()) == 1 + 16 + 256  # t3ff, t3ffX, t3ffXX
+    assert build < 3.0 and per_mask < 0.05, (build, per_mask)
+    assert isinstance(index, VocabIndex)
