@@ -248,7 +248,7 @@ class CursorContext:
     on_block_opener: bool       # the text before the cursor on this line opens a block
     in_empty_body: bool         # blank line in a block with no statement yet
     in_indented_body: bool      # blank line indented deeper than the previous code line's block
-    code_after_cursor: bool     # non-whitespace text follows on the cursor's line
+    code_after_cursor: bool     # text (code or comment) follows on the cursor's line
 
     @property
     def in_bracket(self) -> bool:
