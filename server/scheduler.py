@@ -1,0 +1,197 @@
+"""Runs the engine off the event loop, newest request first.
+
+The model is not thread-safe, so one worker thread does all engine work
+(loading included). Per key (a document and a feature) only the newest
+request matters: a new one supersedes the older, which then answers empty
+at once, and if the worker is already decoding it, its `is_cancelled` turns
+true so the decode loop stops within one token. Neovim 0.12 never cancels
+its automatic requests, so this is what keeps the editor from waiting on
+dead ones. A `$/cancelRequest` cancels the handler's asyncio task; the
+CancelledError reaches `run`, which sets the same flag.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, TypeVar
+
+log = logging.getLogger("keystroke.scheduler")
+
+T = TypeVar("T")
+
+
+class Ticket:
+    """One request's right to run. Cancelled when superseded or cancelled."""
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
+        self._cancelled = threading.Event()
+        self._async_cancelled = asyncio.Event()   # for the awaiting coroutine
+        self.created = time.perf_counter()
+        self.reason = ""
+
+    def cancel(self, reason: str) -> None:
+        """Call on the event loop thread."""
+        if not self._cancelled.is_set():
+            self.reason = reason
+            self._cancelled.set()
+            self._async_cancelled.set()
+
+    def is_cancelled(self) -> bool:
+        """Safe from any thread; passed to the engine as CompletionRequest.is_cancelled."""
+        return self._cancelled.is_set()
+
+
+@dataclass
+class Outcome:
+    """What happened to one request: `value` when it ran, else why not."""
+
+    value: Any = None
+    status: str = "done"     # done | superseded | cancelled | error
+    queue_ms: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class _Job:
+    fn: Callable[[], Any]
+    future: "asyncio.Future[Any] | None"
+    loop: "asyncio.AbstractEventLoop | None"
+    ticket: Ticket | None = None
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Scheduler:
+    """One worker thread for the engine, plus per-key supersession."""
+
+    def __init__(self, name: str = "keystroke-engine") -> None:
+        self._jobs: "queue.Queue[_Job | None]" = queue.Queue()
+        self._latest: dict[Hashable, Ticket] = {}
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    # -- worker side ---------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            if job.ticket is not None and job.ticket.is_cancelled():
+                self._resolve(job, None, None, skipped=True)
+                continue
+            queue_ms = (time.perf_counter() - job.enqueued) * 1000
+            try:
+                value, exc = job.fn(), None
+            except BaseException as e:  # noqa: BLE001 - reported to the awaiting side
+                value, exc = None, e
+            self._resolve(job, (value, queue_ms), exc)
+
+    @staticmethod
+    def _resolve(job: _Job, value: Any, exc: BaseException | None, skipped: bool = False) -> None:
+        if job.future is None or job.loop is None:
+            if exc is not None:
+                log.error("background engine task failed: %s", exc, exc_info=exc)
+            return
+
+        def settle() -> None:
+            if job.future.done():
+                return
+            if exc is not None:
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(None if skipped else value)
+        try:
+            job.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    # -- event-loop side -----------------------------------------------
+    def submit_background(self, fn: Callable[[], Any]) -> None:
+        """Run `fn` on the worker, fire and forget (document closed, cache cleared)."""
+        if not self._closed:
+            self._jobs.put(_Job(fn, None, None))
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the worker and await its value (errors propagate)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._jobs.put(_Job(fn, fut, loop))
+        value, _ = await fut
+        return value
+
+    async def run(
+        self,
+        key: Hashable,
+        make_work: Callable[[Ticket], Callable[[], Any]],
+        *,
+        debounce_ms: float = 0.0,
+    ) -> Outcome:
+        """Run one superseding request for `key`.
+
+        `make_work(ticket)` returns the function the worker calls; it should
+        hand `ticket.is_cancelled` to the engine. Returns at once (status
+        "superseded") when a newer request for `key` arrives, whichever
+        stage this one is in.
+        """
+        ticket = Ticket(key)
+        previous = self._latest.get(key)
+        if previous is not None:
+            previous.cancel("superseded")
+        self._latest[key] = ticket
+        try:
+            if debounce_ms > 0:
+                try:
+                    await asyncio.wait_for(ticket._async_cancelled.wait(), debounce_ms / 1000)
+                except asyncio.TimeoutError:
+                    pass
+            if ticket.is_cancelled():
+                return Outcome(status=ticket.reason or "superseded")
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[Any] = loop.create_future()
+            self._jobs.put(_Job(make_work(ticket), fut, loop, ticket))
+            waiter = asyncio.ensure_future(ticket._async_cancelled.wait())
+            try:
+                await asyncio.wait({fut, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            if not fut.done():
+                # Superseded while queued or running; the worker skips it or
+                # the engine sees is_cancelled. Nobody reads its result.
+                fut.add_done_callback(_swallow)
+                return Outcome(status=ticket.reason or "superseded")
+            if fut.exception() is not None:
+                e = fut.exception()
+                log.error("engine request failed: %s", e, exc_info=e)
+                return Outcome(status="error", error=str(e) or type(e).__name__)
+            done = fut.result()
+            if done is None:
+                return Outcome(status=ticket.reason or "superseded")
+            value, queue_ms = done
+            if ticket.is_cancelled():
+                return Outcome(value=value, status=ticket.reason or "superseded", queue_ms=queue_ms)
+            return Outcome(value=value, queue_ms=queue_ms)
+        except asyncio.CancelledError:
+            ticket.cancel("cancelled")
+            raise
+        finally:
+            if self._latest.get(key) is ticket:
+                del self._latest[key]
+
+    def cancel_all(self) -> None:
+        for ticket in list(self._latest.values()):
+            ticket.cancel("cancelled")
+
+    def close(self) -> None:
+        self.cancel_all()
+        self._closed = True
+        self._jobs.put(None)
+
+
+def _swallow(fut: "asyncio.Future[Any]") -> None:
+    if not fut.cancelled():
+        fut.exception()
