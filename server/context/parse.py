@@ -585,6 +585,10 @@ def outline(text: str, language: str) -> Outline:
                            _go_receiver(s.signature), s.header_end_line) if s.kind == "method" else s
                     for s in walker.symbols
                 ]
+            if tree.root_node.has_error:  # recovery may swallow later definitions: add them from indentation
+                known = {(s.name, s.parent) for s in walker.symbols}
+                extra = [s for s in fallback_outline(text, language).symbols if (s.name, s.parent) not in known]
+                walker.symbols = sorted(walker.symbols + extra, key=lambda s: s.start_line)
             return Outline(language, tuple(walker.imports), tuple(walker.symbols), parsed=True)
         except Exception:
             pass

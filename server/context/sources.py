@@ -46,7 +46,7 @@ def display_name(doc: DocumentView, root: Path | None) -> str:
             except (ValueError, OSError):
                 pass
         return doc.path.name
-    return doc.uri.rstrip("/").rsplit("/", 1)[-1] or doc.uri
+    return doc.uri.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1] or doc.uri
 
 
 def doc_outline(doc: DocumentView) -> Outline:
