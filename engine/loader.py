@@ -1,0 +1,75 @@
+"""One entry point for model files: a .gguf file or a Hugging Face folder -> `Checkpoint`."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig
+from .errors import ModelError
+from .tokenizer import Tokenizer
+
+_EDGE = 1 << 20  # bytes read from each end of a weights file for its fingerprint
+
+
+@dataclass
+class Checkpoint:
+    cfg: ModelConfig
+    weights: dict[str, torch.Tensor]   # fp32, canonical Hugging Face names
+    tokenizer: Tokenizer
+    fingerprint: str                   # stable id of the weight file(s), for cache keys
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def fingerprint(files: list[Path]) -> str:
+    """A cheap, stable id of weight files: name, size and the first and last MiB of each.
+
+    Enough to tell two models (or two quantizations) apart without hashing gigabytes;
+    a KV-cache keyed by it is never reused across different weights.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        size = path.stat().st_size
+        digest.update(f"{path.name}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            digest.update(f.read(_EDGE))
+            if size > _EDGE:
+                f.seek(max(_EDGE, size - _EDGE))
+                digest.update(f.read(_EDGE))
+    return digest.hexdigest()[:32]
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a .gguf file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelError(f"model path {path} does not exist",
+                         "pass a .gguf file, a Hugging Face model folder or a model name "
+                         "(run `keystroke models` to list them)")
+    if path.is_dir():
+        if not any(path.iterdir()):
+            raise ModelError(f"model folder {path} is empty",
+                             "a model folder needs config.json, *.safetensors and tokenizer.json")
+        ggufs = sorted(path.glob("*.gguf"))
+        if not (path / "config.json").exists() and len(ggufs) == 1:
+            path = ggufs[0]  # a folder holding just one GGUF file means that file
+        else:
+            from .hf_loader import load_hf_folder
+
+            cfg, weights, tokenizer, info = load_hf_folder(path)
+            files = sorted(path.glob("*.safetensors")) + [path / "config.json"]
+            return Checkpoint(cfg, weights, tokenizer, fingerprint(files), info)
+    if path.suffix.lower() != ".gguf":
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise ModelError(f"{path} is neither a .gguf file nor a model folder",
+                             "pass a .gguf file or a folder with config.json, *.safetensors "
+                             "and tokenizer.json")
+    from .gguf_loader import load_gguf
+
+    cfg, weights, tokenizer, info = load_gguf(path)
+    return Checkpoint(cfg, weights, tokenizer, fingerprint([path]), info)

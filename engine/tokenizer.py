@@ -1,0 +1,301 @@
+"""Text <-> token ids, on the `tokenizers` library, from a tokenizer.json or from GGUF metadata.
+
+A GGUF file carries no tokenizer.json, only llama.cpp's description of one
+(`tokenizer.ggml.*`). Two kinds matter here:
+
+- "gpt2": byte-level BPE with a merge list. The text is split first by the
+  regexes llama.cpp uses for the file's `tokenizer.ggml.pre` (SmolLM2's
+  "smollm" isolates every digit before the GPT-2 pattern).
+- "llama": a SentencePiece vocabulary (Gemma 3). There is no merge list, so
+  merges are derived from the vocabulary: every split of a token into two
+  tokens becomes a merge, ranked by the merged token's position in the
+  file. Spaces become "\u2581", unknown bytes fall back to <0xNN> tokens, and
+  the user-defined tokens (runs of newlines and tabs, HTML tags) are added
+  whole. Deriving ~500k merges takes seconds, so the built tokenizer.json is
+  cached under the user cache directory.
+
+`encode` never adds BOS (the engine does that, see `add_bos`) and treats the
+text of special tokens (`<|fim_prefix|>`, `<start_of_turn>`...) as plain text,
+so a document cannot inject control tokens; prompts that need them use their
+ids (`token_id`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
+from tokenizers import Tokenizer as Backend
+from tokenizers.models import BPE
+
+from .errors import ModelError
+
+# Tokens that end a completion when the model emits them, besides the file's EOS.
+STOP_TOKENS = ("<|endoftext|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|eot_id|>", "<|EOT|>",
+               "<|end_of_text|>", "<eos>", "</s>", "<｜end▁of▁sentence｜>", "<|file_separator|>")
+
+# llama.cpp's pre-tokenizer regexes per `tokenizer.ggml.pre` (applied in order, each one
+# splitting the pieces left by the one before).
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
+           r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
+          r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_DEEPSEEK_CODER = (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}")
+PRE_TOKENIZER_REGEXES: dict[str, tuple[str, ...]] = {
+    "default": (_GPT2,), "gpt2": (_GPT2,), "gpt-2": (_GPT2,), "mpt": (_GPT2,), "olmo": (_GPT2,),
+    "smollm": (r"\p{N}", _GPT2), "starcoder": (r"\p{N}", _GPT2), "refact": (r"\p{N}", _GPT2),
+    "codeshell": (r"\p{N}", _GPT2),
+    "llama3": (_LLAMA3,), "llama-v3": (_LLAMA3,), "llama-bpe": (_LLAMA3,), "smaug-bpe": (_LLAMA3,),
+    "dbrx": (_LLAMA3,), "falcon3": (_LLAMA3,),
+    "qwen2": (_QWEN2,), "deepseek-r1-qwen": (_QWEN2,), "stablelm2": (_QWEN2,),
+    "deepseek-coder": _DEEPSEEK_CODER,
+}
+
+# llama.cpp token types.
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+CACHE_FORMAT = "1"
+
+
+class Tokenizer:
+    """One model's tokenizer: ids for text, text for ids, and which ids are special."""
+
+    def __init__(self, backend: Backend, *, bos_id: int | None, eos_ids: Iterable[int],
+                 add_bos: bool) -> None:
+        self._backend = backend
+        # Special-token text in a document stays text (see module docstring).
+        self._backend.encode_special_tokens = True
+        self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
+        self.bos_id = bos_id
+        self.add_bos = add_bos and bos_id is not None
+        stops = {i for i in eos_ids if i is not None}
+        stops.update(i for name, i in self.special_tokens().items() if name in STOP_TOKENS)
+        self.eos_ids: frozenset[int] = frozenset(stops)
+        self._token_strings: list[str] | None = None
+
+    # -- use ---------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; no BOS, special-token text is not parsed."""
+        return self._backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids`, special tokens included as their text."""
+        return self._backend.decode(list(ids), skip_special_tokens=False)
+
+    def token_strings(self) -> list[str]:
+        """Text of every id taken alone; '' where that is nothing or a partial UTF-8 sequence."""
+        if self._token_strings is None:
+            texts = self._backend.decode_batch([[i] for i in range(self.vocab_size)],
+                                               skip_special_tokens=False)
+            self._token_strings = ["" if "\ufffd" in t else t for t in texts]
+        return self._token_strings
+
+    def special_tokens(self) -> dict[str, int]:
+        """Content -> id of the control tokens (BOS/EOS, FIM markers, chat turns...)."""
+        return {tok.content: i for i, tok in self._backend.get_added_tokens_decoder().items()
+                if tok.special}
+
+    def token_id(self, content: str) -> int | None:
+        return self._backend.token_to_id(content)
+
+    def to_json(self) -> str:
+        return self._backend.to_str()
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, bos_id: int | None = None,
+                  eos_ids: Iterable[int] = (), add_bos: bool | None = None) -> "Tokenizer":
+        """Load a tokenizer.json; BOS/EOS/add_bos come from the arguments or the
+        tokenizer_config.json next to it, else from the tokenizer's own post-processor."""
+        path = Path(path)
+        try:
+            backend = Backend.from_file(str(path))
+        except Exception as exc:  # tokenizers raises its own Exception type
+            raise ModelError(f"cannot read tokenizer {path}: {exc}",
+                             "the file must be a Hugging Face tokenizer.json") from None
+        config = _read_json(path.with_name("tokenizer_config.json"))
+
+        def named_id(key: str) -> int | None:
+            value = config.get(key)
+            if isinstance(value, dict):
+                value = value.get("content")
+            return backend.token_to_id(value) if isinstance(value, str) else None
+
+        if bos_id is None:
+            bos_id = named_id("bos_token")
+        eos = set(eos_ids)
+        if not eos and named_id("eos_token") is not None:
+            eos.add(named_id("eos_token"))
+        if add_bos is None:
+            if "add_bos_token" in config:
+                add_bos = bool(config["add_bos_token"])
+            else:
+                with_special = backend.encode("a", add_special_tokens=True).ids
+                add_bos = bos_id is not None and bool(with_special) and with_special[0] == bos_id
+        return cls(backend, bos_id=bos_id, eos_ids=eos, add_bos=add_bos)
+
+    @classmethod
+    def from_gguf_metadata(cls, meta: Mapping[str, Any], *, cache_dir: Path | None = None) -> "Tokenizer":
+        """Build from a GGUF's `tokenizer.ggml.*` fields (strings, lists, numpy arrays).
+
+        The built tokenizer.json is cached in `cache_dir` (default: the user cache) under a
+        hash of the vocabulary, so only the first load of a model pays for building it.
+        """
+        kind = meta.get("tokenizer.ggml.model")
+        tokens = meta.get("tokenizer.ggml.tokens")
+        if kind not in ("gpt2", "llama") or not tokens:
+            raise ModelError(f"unsupported GGUF tokenizer {kind!r}",
+                             "supported: 'gpt2' (byte-level BPE) and 'llama' (SentencePiece); "
+                             "use a Hugging Face folder with tokenizer.json instead")
+        types = [int(t) for t in meta.get("tokenizer.ggml.token_type", [NORMAL] * len(tokens))]
+        bos_id = _opt_int(meta.get("tokenizer.ggml.bos_token_id"))
+        eos_id = _opt_int(meta.get("tokenizer.ggml.eos_token_id"))
+        default_bos = kind == "llama"  # llama.cpp adds BOS to SentencePiece vocabularies by default
+        add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", default_bos))
+        eot_id = _opt_int(meta.get("tokenizer.ggml.eot_token_id"))
+
+        cache_file = _cache_path(meta, cache_dir)
+        backend = None
+        if cache_file is not None and cache_file.exists():
+            try:
+                backend = Backend.from_file(str(cache_file))
+            except Exception:
+                backend = None  # a corrupt cache entry is rebuilt
+        if backend is None:
+            backend = _build_bpe(meta, types) if kind == "gpt2" else _build_sentencepiece(meta, types)
+            if cache_file is not None:
+                _write_atomic(cache_file, backend.to_str())
+        return cls(backend, bos_id=bos_id, eos_ids=[eos_id, eot_id], add_bos=add_bos)
+
+
+def _build_bpe(meta: Mapping[str, Any], types: list[int]) -> Backend:
+    # Tokens are spelled in GPT-2's byte alphabet; respell any that the converter wrote as text.
+    alphabet = _byte_alphabet()
+    spelled = set(alphabet.values())
+    tokens = [t if set(t) <= spelled else "".join(alphabet[b] for b in t.encode("utf-8"))
+              for t in meta["tokenizer.ggml.tokens"]]
+    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    backend = Backend(BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    pre = str(meta.get("tokenizer.ggml.pre", "default"))
+    regexes = PRE_TOKENIZER_REGEXES.get(pre, PRE_TOKENIZER_REGEXES["default"])
+    steps = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
+    steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(steps)
+    backend.decoder = decoders.ByteLevel()
+    # A "control" token outside the byte alphabet is a converter's mislabel, not a real token.
+    _add_tokens(backend, list(meta["tokenizer.ggml.tokens"]), types,
+                keep=lambda t: set(t) <= spelled)
+    return backend
+
+
+def _build_sentencepiece(meta: Mapping[str, Any], types: list[int]) -> Backend:
+    # Tokens made only of spaces are stored with real spaces; the vocabulary spells them "▁".
+    original = list(meta["tokenizer.ggml.tokens"])
+    tokens = ["\u2581" * len(t) if " " in t and not t.strip() else t for t in original]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    unk_id = _opt_int(meta.get("tokenizer.ggml.unknown_token_id"))
+    unk = tokens[unk_id] if unk_id is not None else "<unk>"
+    backend = Backend(BPE(vocab=vocab, merges=_derive_merges(tokens, vocab), unk_token=unk,
+                          fuse_unk=True, byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", "\u2581")
+    if meta.get("tokenizer.ggml.add_space_prefix", False):
+        backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), backend.normalizer])
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                         decoders.Fuse()])
+    # The space runs, renamed above, are found by the merges; the other user-defined
+    # tokens (newline and tab runs, tags) are matched whole, as llama.cpp does.
+    _add_tokens(backend, original, types, keep=lambda t: t in vocab)
+    return backend
+
+
+def _derive_merges(tokens: list[str], vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """Every (left, right) split of a token into two tokens, best first.
+
+    A merge ranks by the position of the token it makes (SentencePiece orders its pieces by
+    score, and so does the file); among the splits of one token the longer left piece wins.
+    """
+    merges: list[tuple[int, int, int, str, str]] = []
+    for index, token in enumerate(tokens):
+        local = []
+        for cut in range(1, len(token)):
+            left, right = token[:cut], token[cut:]
+            if left in vocab and right in vocab:
+                local.append((vocab[left], vocab[right], left, right))
+        local.sort()
+        merges.extend((index, -len(l), -len(r), l, r) for _, _, l, r in local)
+    merges.sort(key=lambda m: m[:3])
+    return [(l, r) for _, _, _, l, r in merges]
+
+
+def _add_tokens(backend: Backend, tokens: list[str], types: list[int], keep) -> None:
+    """Control tokens become special; user-defined ones are matched whole, not special."""
+    control = [AddedToken(t, normalized=False, special=True)
+               for t, kind in zip(tokens, types) if kind == CONTROL and keep(t)]
+    user = [AddedToken(t, normalized=False, special=False)
+            for t, kind in zip(tokens, types) if kind == USER_DEFINED and keep(t)]
+    if control:
+        backend.add_special_tokens(control)
+    if user:
+        backend.add_tokens(user)
+
+
+def _byte_alphabet() -> dict[int, str]:
+    """GPT-2's printable spelling of each byte value."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    spelling, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            spelling[b] = chr(b)
+        else:
+            spelling[b] = chr(256 + extra)
+            extra += 1
+    return spelling
+
+
+def cache_root() -> Path:
+    """The user cache directory of keystroke ($XDG_CACHE_HOME/keystroke or ~/.cache/keystroke)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "keystroke"
+
+
+def _cache_path(meta: Mapping[str, Any], cache_dir: Path | None) -> Path | None:
+    digest = hashlib.sha256(CACHE_FORMAT.encode())
+    for key in sorted(k for k in meta if k.startswith("tokenizer.ggml.") and k != "tokenizer.ggml.scores"):
+        value = meta[key]
+        digest.update(key.encode())
+        if isinstance(value, (list, tuple)):
+            digest.update("\x00".join(map(str, value)).encode("utf-8", "surrogatepass"))
+        elif hasattr(value, "tobytes"):
+            digest.update(value.tobytes())
+        else:
+            digest.update(repr(value).encode())
+    directory = cache_dir if cache_dir is not None else cache_root() / "tokenizers"
+    return directory / f"{digest.hexdigest()[:32]}.json"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs the next load its build time
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
