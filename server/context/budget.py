@@ -128,10 +128,15 @@ def trim_prefix(text: str, budget: int, count_tokens: CountTokens, snap: int = 1
             break
         used += cost
         first -= 1
+    for _ in range(64):
+        if first == 0 or count_tokens("\n".join(lines[first - 1:])) > budget:
+            break
+        first -= 1  # the per-line sum overcounts where a line break merges with indentation
+    snap = _snap_for(snap, last - first)
     if snap > 1 and first <= last:
         snapped = -(-(first + first_line) // snap) * snap - first_line
-        if snapped <= last and (last - snapped) * 2 >= (last - first):
-            first = snapped  # keep at least half of what fits
+        if snapped <= last:
+            first = snapped
     while first <= last:
         kept = "\n".join(lines[first:])
         if count_tokens(kept) <= budget:
@@ -158,17 +163,33 @@ def trim_suffix(text: str, budget: int, count_tokens: CountTokens, snap: int = 1
             break
         used += cost
         n += 1
+    for _ in range(64):
+        if n >= len(lines) or count_tokens("\n".join(lines[:n + 1])) > budget:
+            break
+        n += 1
+    snap = _snap_for(snap, n)
     if snap > 1 and n > 1:
         end_line = first_line + n
         snapped = end_line - end_line % snap - first_line
-        if snapped >= 1 and snapped * 2 >= n:
+        if snapped >= 1:
             n = snapped
     while n > 0:
-        kept = "\n".join(lines[:n]) + "\n"
+        kept = "\n".join(lines[:n]) + ("\n" if n < len(lines) else "")
         if count_tokens(kept) <= budget:
             return kept
         n -= 1
     return _head_chars(lines[0], budget, count_tokens)
+
+
+def _snap_for(snap: int, fitting_lines: int) -> int:
+    """The snap step to use: halved until it is at most half the lines that fit.
+
+    Halving keeps the grid nested (multiples of 8 are multiples of 4), so a
+    cut often stays put when the step changes.
+    """
+    while snap > 1 and snap * 2 > fitting_lines:
+        snap //= 2
+    return snap
 
 
 def _tail_chars(line: str, budget: int, count_tokens: CountTokens) -> str:
