@@ -201,6 +201,12 @@ class KVStore:
             self._mem[doc_id] = entry
             self._enforce_budget(keep=doc_id)
 
+    def abandon(self, doc_id: str) -> None:
+        """The caller gives its lease up without a result (the forward pass failed or was cut)."""
+        with self._lock:
+            self._leased.pop(doc_id, None)
+            self._closing.discard(doc_id)
+
     def close(self, doc_id: str) -> None:
         """The document was closed: spill its entry to disk and free its memory."""
         with self._lock:
@@ -305,18 +311,19 @@ class KVStore:
         try:
             fresh = ("m:" + key) not in disk or ("p:" + key) not in disk
             if fresh:
-                payload = self._payload(entry.cache)
-                if payload.nbytes > self.disk_budget:
+                size = 2 * n * self.cfg.n_layers * self.cfg.n_kv_heads * self.cfg.head_dim
+                if size * torch.empty(0, dtype=self.disk_dtype).element_size() > self.disk_budget:
                     return
                 token_bytes = entry.tokens.astype("<i4").tobytes()
+                stream = _HashingReader(token_bytes, self._layer_arrays(entry.cache))
+                disk.set("p:" + key, stream, read=True)  # streamed: no copy of the whole payload
                 meta = {
                     "fingerprint": self.fingerprint, "version": self.format_version, "layout": LAYOUT_VERSION,
                     "n_layers": self.cfg.n_layers, "n_kv_heads": self.cfg.n_kv_heads,
                     "head_dim": self.cfg.head_dim, "length": n, "dtype": str(self.disk_dtype).split(".")[-1],
                     "tokens": base64.b64encode(token_bytes).decode("ascii"),
-                    "sha256": _checksum(token_bytes, payload),
+                    "sha256": stream.hexdigest(),
                 }
-                disk.set("p:" + key, payload.tobytes())
                 disk.set("m:" + key, json.dumps(meta).encode())
             with disk.transact():
                 for b in boundaries:
@@ -331,15 +338,19 @@ class KVStore:
         except Exception as exc:  # noqa: BLE001 - disk full, permissions: keep serving from memory
             self._disk_error("write", exc)
 
-    def _payload(self, cache: KVCache) -> np.ndarray:
-        """K and V of every layer, (2, n_layers, n_kv_heads, length, head_dim), in the disk dtype."""
+    def _layer_arrays(self, cache: KVCache):
+        """The payload, one layer's K or V at a time (all K layers, then all V layers).
+
+        Every array yielded is the same buffer, refilled: the consumer must
+        use it before asking for the next.
+        """
         n = cache.length
-        kv = torch.stack([torch.stack([t[0, :, :n] for t in cache.k]),
-                          torch.stack([t[0, :, :n] for t in cache.v])])
-        kv = kv.to(self.disk_dtype).contiguous()
-        if self.disk_dtype == torch.bfloat16:
-            return kv.view(torch.int16).numpy()
-        return kv.numpy()
+        out = torch.empty(cache.n_kv_heads, n, cache.head_dim, dtype=self.disk_dtype)  # reused per layer
+        view = (out.view(torch.int16) if self.disk_dtype == torch.bfloat16 else out).numpy()
+        for buffers in (cache.k, cache.v):
+            for t in buffers:
+                out.copy_(t[0, :, :n])
+                yield view
 
     def _delete_entry(self, key: str) -> None:
         for prefix in ("m:", "p:"):
@@ -376,33 +387,36 @@ class KVStore:
         return meta, tokens
 
     def _load(self, key: str, meta: dict, tokens: np.ndarray, want: int = 0) -> KVCache | None:
-        """Read and verify an entry's payload; a bad one is rejected, never returned."""
+        """Read and verify an entry's payload, layer by layer; a bad one is rejected, never returned."""
         dtype = _DTYPES[meta["dtype"]]
+        storage = torch.int16 if dtype == torch.bfloat16 else dtype
         n = meta["length"]
-        shape = (2, self.cfg.n_layers, self.cfg.n_kv_heads, n, self.cfg.head_dim)
-        size = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
+        layer_bytes = self.cfg.n_kv_heads * n * self.cfg.head_dim * torch.empty(0, dtype=dtype).element_size()
         handle = self._disk.get("p:" + key, read=True)
         if handle is None:
             self._reject(key, "payload missing")
             return None
         if isinstance(handle, bytes):  # small values live inside sqlite
             handle = io.BytesIO(handle)
-        buf = bytearray(size)
+        cache = self._new_cache(max(n, want), self.kv_dtype)
+        h = hashlib.sha256(tokens.astype("<i4").tobytes())
+        buf = bytearray(layer_bytes)
         with handle:
-            got = handle.readinto(buf)
-            extra = handle.read(1)
-        if got != size or extra:
-            self._reject(key, f"payload has the wrong size ({got}{'+' if extra else ''} bytes, expected {size})")
-            return None
-        if _checksum(tokens.astype("<i4").tobytes(), buf) != meta["sha256"]:
+            for buffers in (cache.k, cache.v):
+                for t in buffers:
+                    got = handle.readinto(buf)
+                    if got != layer_bytes:
+                        self._reject(key, "payload is truncated")
+                        return None
+                    h.update(buf)
+                    x = torch.frombuffer(buf, dtype=storage) if layer_bytes else torch.empty(0, dtype=storage)
+                    t[0, :, :n] = x.view(dtype).reshape(self.cfg.n_kv_heads, n, self.cfg.head_dim)
+            if handle.read(1):
+                self._reject(key, "payload is longer than its metadata says")
+                return None
+        if h.hexdigest() != meta["sha256"]:
             self._reject(key, "checksum mismatch")
             return None
-        storage = torch.int16 if dtype == torch.bfloat16 else dtype
-        kv = torch.frombuffer(buf, dtype=storage).view(dtype).reshape(shape)
-        cache = self._new_cache(max(n, want), self.kv_dtype)
-        for layer in range(self.cfg.n_layers):
-            cache.k[layer][0, :, :n] = kv[0, layer]
-            cache.v[layer][0, :, :n] = kv[1, layer]
         cache.length = n
         self._counters["loads"] += 1
         return cache
@@ -456,7 +470,25 @@ class KVStore:
         return (best_n, cache) if cache is not None else None
 
 
-def _checksum(token_bytes: bytes, payload) -> str:
-    h = hashlib.sha256(token_bytes)
-    h.update(memoryview(payload).cast("B"))
-    return h.hexdigest()
+class _HashingReader:
+    """A file-like `read()` over a sequence of arrays that hashes what it hands out.
+
+    diskcache copies it to a file chunk by chunk, so the payload is never
+    assembled in memory; the digest covers the token ids, then the payload.
+    """
+
+    def __init__(self, token_bytes: bytes, arrays) -> None:
+        self._hash = hashlib.sha256(token_bytes)
+        self._arrays = iter(arrays)
+
+    def read(self, size: int = -1) -> memoryview | bytes:
+        """The next array's bytes (valid until the next call), b"" at the end."""
+        for array in self._arrays:
+            data = memoryview(array).cast("B")
+            if data.nbytes:
+                self._hash.update(data)
+                return data
+        return b""
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()

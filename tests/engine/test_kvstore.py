@@ -186,6 +186,29 @@ def test_fp16_on_disk_within_fp16_tolerance_and_half_the_size(tmp_path):
         else:
             assert_holds(lease.cache, t, 100)
     assert sizes[torch.float16] * 2 == sizes[torch.float32]
+    store = KVStore("m", CFG, disk_dir=tmp_path / "bf16", block=16, kv_dtype_on_disk=torch.bfloat16)
+    serve(store, "a.py", t)
+    store.close("a.py")
+    lease = store.acquire("a.py", t)
+    assert lease.source == "disk"
+    assert_holds(lease.cache, t, 100, atol=2e-2)
+
+
+def test_typing_in_an_open_document_never_reads_the_disk(tmp_path, monkeypatch):
+    store = fp32_store(tmp_path)
+    t = toks(100, 21)
+    serve(store, "a.py", t)
+    store.close("a.py")
+    serve(store, "other.py", toks(100, 22))
+    serve(store, "a.py", t)  # back from disk once
+    reads = []
+    real = store._read_meta
+    monkeypatch.setattr(store, "_read_meta", lambda key: reads.append(key) or real(key))
+    for extra in toks(40, 23):  # crosses two block boundaries (block 16)
+        t = t + [extra]
+        lease = serve(store, "a.py", t)
+        assert lease.reused == len(t) - 1 and lease.source == "memory"
+    assert reads == [] and store.stats()["loads"] == 1
 
 
 def test_restart_comes_back_warm_for_the_same_and_for_a_new_document(tmp_path):
@@ -229,6 +252,17 @@ def test_close_while_leased_spills_on_release_and_clear_drops_it(tmp_path):
     store.release("a.py", t, lease.cache)
     assert store.stats()["entries"] == 0
     assert store.acquire("a.py", t).source is None
+
+
+def test_abandoned_lease_leaves_nothing_behind(tmp_path):
+    store = fp32_store(tmp_path)
+    t = toks(30, 34)
+    serve(store, "a.py", t)
+    lease = store.acquire("a.py", t + [1, 2])
+    lease.cache.length += 1  # a forward pass that died half-way
+    store.abandon("a.py")
+    assert store.stats()["leased"] == 0
+    assert store.acquire("a.py", t).source is None  # the half-written cache is not reused
 
 
 def test_disk_size_bound_is_respected(tmp_path):
