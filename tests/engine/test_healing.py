@@ -169,3 +169,14 @@ def test_index_of_a_large_vocabulary_is_fast_and_cached():
     assert mask.shape == (262_144,) and int(mask.sum()) == 1 + 16 + 256  # t3ff, t3ffX, t3ffXX
     assert build < 3.0 and per_mask < 0.05, (build, per_mask)
     assert isinstance(index, VocabIndex)
+
+
+def test_stop_rules_see_only_the_text_after_the_cursor():
+    tok = toy_tokenizer()
+    plan = heal(tok, tok.encode("getUs"), protected=0)
+    eos = next(iter(tok.eos_ids))
+    model = ScriptedModel(tok.vocab_size, [tok.token_id("User")], eos)
+    # "Use" is in the healed token's text but was typed already: it must not count as written
+    out = generate(model, None, model.first_logits(), tok, sampling=SamplingParams(),
+                   stop=StopPolicy(max_tokens=8, stop_strings=("Use",)), heal=plan)
+    assert out[0].text == "er" and out[0].stop_reason == "eos"
