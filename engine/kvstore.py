@@ -112,7 +112,7 @@ class KVStore:
     def __init__(self, model_fingerprint: str, cfg: ModelConfig, *, memory_budget_mb: float = 1024,
                  disk_dir: Path | None = None, disk_budget_mb: float = 4096, format_version: int = 1,
                  kv_dtype_on_disk: torch.dtype = torch.float16, kv_dtype: torch.dtype = torch.float32,
-                 block: int = 64, headroom: int = 128) -> None:
+                 block: int = 64, headroom: int = 128, device: torch.device | str = "cpu") -> None:
         if block < 1:
             raise ValueError("block must be at least 1 token")
         if kv_dtype_on_disk not in _DTYPES.values():
@@ -124,6 +124,7 @@ class KVStore:
         self.disk_budget = disk_budget_mb * _MB
         self.disk_dtype = kv_dtype_on_disk
         self.kv_dtype = kv_dtype
+        self.device = torch.device(device)
         self.block = block
         self.headroom = headroom
         self._namespace = f"keystroke-kv\0{model_fingerprint}\0{format_version}\0{LAYOUT_VERSION}\0".encode()
@@ -258,7 +259,7 @@ class KVStore:
         self._counters[f"reused_{source}_tokens"] += n
 
     def _new_cache(self, n_tokens: int, dtype: torch.dtype) -> KVCache:
-        return KVCache(self.cfg, batch=1, capacity=n_tokens + self.headroom, dtype=dtype)
+        return KVCache(self.cfg, batch=1, capacity=n_tokens + self.headroom, dtype=dtype, device=self.device)
 
     def _check_shape(self, cache: KVCache) -> None:
         shape = (cache.n_layers, cache.n_kv_heads, cache.head_dim)

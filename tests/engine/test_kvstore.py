@@ -45,7 +45,7 @@ def fake_kv(tokens: list[int], start: int, end: int, cfg: ModelConfig = CFG) -> 
 def prefill(cache: KVCache, tokens: list[int]) -> None:
     """What the model would do: compute positions cache.length..len(tokens)."""
     start = cache.length
-    kv = fake_kv(tokens, start, len(tokens))
+    kv = fake_kv(tokens, start, len(tokens)).to(cache.device)
     cache.ensure_capacity(len(tokens))
     for layer in range(cache.n_layers):
         cache.write(layer, start, kv[0, layer][None], kv[1, layer][None])
@@ -54,7 +54,7 @@ def prefill(cache: KVCache, tokens: list[int]) -> None:
 
 def stored(cache: KVCache, n: int) -> torch.Tensor:
     return torch.stack([torch.stack([t[0, :, :n] for t in cache.k]),
-                        torch.stack([t[0, :, :n] for t in cache.v])]).float()
+                        torch.stack([t[0, :, :n] for t in cache.v])]).float().cpu()
 
 
 def assert_holds(cache: KVCache, tokens: list[int], n: int, atol: float = 0.0) -> None:
@@ -406,6 +406,22 @@ def test_any_edit_sequence_reuses_exactly_the_common_prefix(tmp_path_factory, st
         assert lease.reused == kvstore_module.common_prefix(np.array(previous), np.array(tokens))
         assert lease.source == (None if lease.reused == 0 else "disk" if op == "close" else "memory")
         previous = tokens
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_caches_live_on_the_models_device(tmp_path):
+    store = fp32_store(tmp_path, device="cuda", memory_budget_mb=0.0)
+    a, b = toks(100, 80), toks(100, 81)
+    lease = serve(store, "a.py", a)
+    assert lease.cache.device.type == "cuda"
+    serve(store, "b.py", b)  # evicts a.py to disk
+    lease = store.acquire("a.py", a)
+    assert lease.source == "disk" and lease.cache.k[0].device.type == "cuda"
+    assert_holds(lease.cache, a, 100)
+    shared = b[:50] + toks(10, 82)
+    lease = store.acquire("c.py", shared)
+    assert lease.source == "memory" and lease.reused == 50 and lease.cache.k[0].device.type == "cuda"
+    assert_holds(lease.cache, shared, 50)
 
 
 def test_threads_share_the_store_safely(tmp_path):
