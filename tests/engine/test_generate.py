@@ -270,3 +270,29 @@ def test_repetition_penalty_sees_the_prompt_tail(penalty, expect_repeat):
     out = generate(model, FakeCache(), logits, TOK, sampling=SamplingParams(repetition_penalty=penalty),
                    stop=StopPolicy(max_tokens=1), prompt_ids=ids("a"))
     assert (out[0].text == "a") == expect_repeat
+
+
+def test_end_to_end_on_a_tiny_checkpoint_with_healing(tmp_path):
+    """tests/tiny.py's checkpoint (trained BPE, Qwen2 with FIM tokens) through prompt, healing and decode."""
+    from tests.tiny import make_tiny_model_dir
+
+    from keystroke.engine.fim import build_prompt, detect_template
+    from keystroke.engine.healing import heal
+    from keystroke.engine.hf_loader import load_hf_folder
+
+    cfg, weights, tok, _ = load_hf_folder(make_tiny_model_dir(tmp_path / "m", "qwen2", fim=True))
+    model = Transformer.from_weights(cfg, weights)
+    template = detect_template(tok)
+    assert template is not None and template.name == "qwen" and template.order == "psm"
+    prompt = build_prompt(tok, None, "import json\n", "def load(path):\n    with open(path) as f:\n        return json.lo", "")
+    plan = heal(tok, prompt.ids, prompt.protected)
+    assert plan.active and "json.lo".endswith(plan.removed_text)
+    cache, logits = prefill(model, plan.ids)
+    (g,) = generate(model, cache, logits, tok, sampling=SamplingParams(), heal=plan,
+                    stop=StopPolicy(max_tokens=6, stop_on_repetition=False), prompt_ids=plan.ids)
+    first = tok.token_strings()[g.ids[0]]
+    assert first.startswith(plan.removed_text)  # the constraint held on a real model's logits
+    written = tok.decode(g.ids)
+    assert written.startswith(plan.removed_text)
+    assert g.text == written[len(plan.removed_text):]  # the typed part is not repeated
+    assert cache.length == len(plan.ids) + g.fed
