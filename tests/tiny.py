@@ -129,6 +129,9 @@ def make_tiny_model_dir(path: str | Path, family: str = "llama", seed: int = 0, 
         import torch
         from tokenizers import Tokenizer
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         tok = Tokenizer.from_file(str(tok_path))
         conf = _config(family, tok.get_vocab_size(), tok.token_to_id(EOS), overrides)
@@ -142,3 +145,106 @@ def make_tiny_model_dir(path: str | Path, family: str = "llama", seed: int = 0, 
     out = Path(path)
     shutil.copytree(target, out, dirs_exist_ok=True)
     return out
+
+
+# GGUF names of the Hugging Face tensors (the inverse of what engine/gguf_loader.py reads).
+_GGUF_BLOCK = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm", "post_feedforward_layernorm": "post_ffw_norm",
+    "pre_feedforward_layernorm": "ffn_norm",
+}
+
+
+# What a GGUF cannot say differently from llama.cpp's defaults: Gemma 3's query scale is
+# 1/sqrt(head_dim). A tiny checkpoint meant for conversion uses these overrides.
+GGUF_OVERRIDES = {"gemma3": {"query_pre_attn_scalar": 16}}
+
+
+def make_tiny_gguf(path: str | Path, family: str = "llama", seed: int = 0, qtype: str = "F32",
+                   arch: str | None = None) -> Path:
+    """Convert a tiny checkpoint to a GGUF file the way llama.cpp's converter does.
+
+    Llama Q/K rows get llama.cpp's interleaving permutation, Gemma norms are stored as
+    1 + w, matrices (2-D, not the norms) are quantized to `qtype`, and the tokenizer is
+    written as `tokenizer.ggml.*` metadata (model "gpt2", with merges). `arch` overrides
+    the architecture name written into the file (for error tests). The checkpoint it
+    converts is `make_tiny_model_dir(..., family, seed, config_overrides=GGUF_OVERRIDES.get(family))`.
+    """
+    import json
+
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    folder = make_tiny_model_dir(Path(tempfile.mkdtemp(prefix="tiny-hf-")), family, seed,
+                                 config_overrides=GGUF_OVERRIDES.get(family))
+    conf = json.loads((folder / "config.json").read_text())
+    tensors = load_file(str(folder / "model.safetensors"))
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    shutil.rmtree(folder, ignore_errors=True)
+
+    arch_name = arch or family
+    writer = gguf.GGUFWriter(str(path), arch_name)
+    writer.add_name(f"tiny {family}")
+    writer.add_block_count(conf["num_hidden_layers"])
+    writer.add_context_length(conf["max_position_embeddings"])
+    writer.add_embedding_length(conf["hidden_size"])
+    writer.add_feed_forward_length(conf["intermediate_size"])
+    writer.add_head_count(conf["num_attention_heads"])
+    writer.add_head_count_kv(conf["num_key_value_heads"])
+    writer.add_key_length(conf["head_dim"])
+    writer.add_value_length(conf["head_dim"])
+    writer.add_layer_norm_rms_eps(conf["rms_norm_eps"])
+    rope = conf.get("rope_parameters") or {}
+    if family == "gemma3":
+        writer.add_rope_freq_base(rope["full_attention"]["rope_theta"])
+        writer.add_sliding_window(conf["sliding_window"])
+        writer.add_sliding_window_pattern([t == "sliding_attention" for t in conf["layer_types"]])
+    else:
+        writer.add_rope_freq_base(rope.get("rope_theta", conf.get("rope_theta", 10000.0)))
+
+    vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
+    special = {t["content"] for t in tok["added_tokens"] if t["special"]}
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list([t for t, _ in vocab])
+    writer.add_token_types([3 if t in special else 1 for t, _ in vocab])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
+    writer.add_eos_token_id(tok["model"]["vocab"][EOS])
+    writer.add_add_bos_token(False)
+
+    n_heads, n_kv = conf["num_attention_heads"], conf["num_key_value_heads"]
+    quant = gguf.GGMLQuantizationType[qtype]
+    for name, w in sorted(tensors.items()):
+        w = w.astype(np.float32)
+        if family == "gemma3" and name.endswith("norm.weight"):
+            w = w + 1.0
+        if family == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = n_heads if "q_proj" in name else n_kv
+            w = w.reshape(heads, 2, w.shape[0] // heads // 2, w.shape[1]).swapaxes(1, 2).reshape(w.shape)
+        parts = name.split(".")
+        if name == "model.embed_tokens.weight":
+            gname = "token_embd.weight"
+        elif name == "model.norm.weight":
+            gname = "output_norm.weight"
+        elif name == "lm_head.weight":
+            gname = "output.weight"
+        else:
+            layer, rest = parts[2], ".".join(parts[3:-1])
+            if rest == "post_attention_layernorm":
+                piece = "post_attention_norm" if family == "gemma3" else "ffn_norm"
+            else:
+                piece = _GGUF_BLOCK[rest]
+            gname = f"blk.{layer}.{piece}.{parts[-1]}"
+        if w.ndim == 2 and quant not in (gguf.GGMLQuantizationType.F32,):
+            data = gguf.quants.quantize(w, quant)
+            writer.add_tensor(gname, data, raw_shape=data.shape, raw_dtype=quant)
+        else:
+            writer.add_tensor(gname, w)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)
