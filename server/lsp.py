@@ -35,8 +35,8 @@ from keystroke.engine.api import CompletionRequest, CompletionResult, SamplingPa
 from keystroke.engine.errors import KeystrokeError
 from keystroke.server import actions
 from keystroke.server.config import Config, engine_changed, parse_config
-from keystroke.server.context import ContextConfig, DocumentView, PromptParts, build_context
-from keystroke.server.postprocess import postprocess
+from keystroke.server.context import ContextConfig, DocumentView, PromptParts, approx_tokens, build_context
+from keystroke.server.postprocess import dedupe, postprocess
 from keystroke.server.secrets import redact_secrets
 from keystroke.server.syntax import choose_mode
 from keystroke.server.scheduler import Outcome, Scheduler, Ticket
@@ -154,23 +154,44 @@ def line_start(text: str, offset: int) -> int:
     return max(text.rfind("\n", 0, offset), text.rfind("\r", 0, offset)) + 1
 
 
-def distinct_suggestions(texts: Sequence[str]) -> list[str]:
-    """Drop empty and whitespace-only suggestions and duplicates, keep order."""
-    seen: set[str] = set()
-    out: list[str] = []
-    for t in texts:
-        if t and t.strip() and t not in seen:
-            seen.add(t)
-            out.append(t)
-    return out
-
-
 def completion_label(new_text: str) -> str:
     """First line of the suggestion, or its first non-blank line when it starts with a break."""
     first = new_text.split("\n", 1)[0].rstrip()
     if first.strip():
         return first
     return next((x.strip() for x in new_text.splitlines() if x.strip()), new_text.strip())
+
+
+def count_tokens_of(backend: Any) -> Callable[[str], int]:
+    tok = getattr(backend, "tokenizer", None)
+    if tok is None:
+        return approx_tokens
+    return lambda s: len(tok.encode(s))
+
+
+def completion_request(doc: DocumentView, offset: int, others: list[DocumentView], config: Config, *,
+                       n: int, version: int, count_tokens: Callable[[str], int],
+                       workspace_root: Path | None,
+                       is_cancelled: Callable[[], bool] = lambda: False) -> tuple[CompletionRequest, str]:
+    """The engine request for a cursor at `offset` of `doc`, and the stop mode chosen."""
+    parts = build_parts(doc, offset, others, config, count_tokens, workspace_root)
+    mode = choose_mode(doc.text[:offset], doc.text[offset:], doc.language_id)
+    # One suggestion: the configured temperature (greedy by default). Several
+    # distinct ones cannot come from greedy decoding: sample them.
+    temperature = config.temperature if (n == 1 or config.temperature > 0) else 0.7
+    sampling = SamplingParams(temperature=temperature, top_p=0.95 if temperature > 0 else 1.0)
+    request = CompletionRequest(doc_id=doc.uri, prefix=parts.prefix, suffix=parts.suffix, header=parts.header,
+                                version=version, sampling=sampling,
+                                stop=StopPolicy(max_tokens=config.max_tokens, mode=mode), n=n,
+                                is_cancelled=is_cancelled)
+    return request, mode
+
+
+def finish_suggestions(result: CompletionResult, text: str, offset: int, mode: str, language_id: str) -> list[str]:
+    """Post-process the engine's candidates; distinct, non-blank, in order."""
+    prefix, suffix = text[:offset], text[offset:]
+    return dedupe([postprocess(c.text, prefix=prefix, suffix=suffix, mode=mode, language_id=language_id)
+                   for c in result.candidates])
 
 
 @dataclass(frozen=True)
@@ -636,12 +657,6 @@ class KeystrokeServer(LanguageServer):
             return self.engine_state
         return None
 
-    def count_tokens(self, backend: Any) -> Callable[[str], int]:
-        tok = getattr(backend, "tokenizer", None)
-        if tok is None:
-            return lambda s: max(1, len(s) // 4)
-        return lambda s: len(tok.encode(s))
-
     def other_documents(self, uri: str) -> list[Any]:
         views = []
         for other_uri, doc in list(self.documents().items()):
@@ -665,31 +680,25 @@ class KeystrokeServer(LanguageServer):
                       debounce_ms: float) -> Suggestions:
         """Run the model at `offset` of `text` (the snapshot's text, possibly
         with a selected completion applied) and post-process its candidates."""
-        config = self.config
-        backend = self.backend
+        config, backend = self.config, self.backend
         doc = DocumentView(snap.uri, text, snap.language_id, snap.path)
         others = self.other_documents(snap.uri)
         root = self.workspace_root()
-        temperature = config.temperature if (n == 1 or config.temperature > 0) else 0.7
-        sampling = SamplingParams(temperature=temperature, top_p=0.95 if temperature > 0 else 1.0)
-        prefix_text, suffix_text = text[:offset], text[offset:]
 
         def make_work(ticket: Ticket) -> Callable[[], Any]:
             def work() -> tuple[CompletionResult, list[str]]:
-                parts = build_parts(doc, offset, others, config, self.count_tokens(backend), root)
-                mode = choose_mode(prefix_text, suffix_text, snap.language_id)
-                request = CompletionRequest(
-                    doc_id=snap.uri, prefix=parts.prefix, suffix=parts.suffix, header=parts.header,
-                    version=snap.version or 0, sampling=sampling,
-                    stop=StopPolicy(max_tokens=config.max_tokens, mode=mode), n=n,
-                    is_cancelled=ticket.is_cancelled)
+                request, mode = completion_request(doc, offset, others, config, n=n, version=snap.version or 0,
+                                                   count_tokens=count_tokens_of(backend), workspace_root=root,
+                                                   is_cancelled=ticket.is_cancelled)
                 result = backend.complete(request)
-                texts = [postprocess(c.text, prefix=prefix_text, suffix=suffix_text, mode=mode,
-                                     language_id=snap.language_id) for c in result.candidates]
-                return result, texts
+                return result, finish_suggestions(result, text, offset, mode, snap.language_id)
             return work
 
-        outcome: Outcome = await self.scheduler.run((snap.uri, feature), make_work, debounce_ms=debounce_ms)
+        try:
+            outcome: Outcome = await self.scheduler.run((snap.uri, feature), make_work, debounce_ms=debounce_ms)
+        except asyncio.CancelledError:   # $/cancelRequest
+            self.record.count("cancelled")
+            raise
         if outcome.status != "done":
             return Suggestions([], outcome.status)
         result, texts = outcome.value
@@ -699,7 +708,7 @@ class KeystrokeServer(LanguageServer):
             return Suggestions([], "error", result)
         if self.current_version(snap.uri) != snap.version:
             return Suggestions([], "stale", result)
-        return Suggestions(distinct_suggestions(texts), "served", result)
+        return Suggestions(texts, "served", result)
 
 
 # ---------------------------------------------------------------------------
@@ -844,7 +853,7 @@ async def action_edit(ls: KeystrokeServer, data: Any) -> types.WorkspaceEdit | N
         def work() -> Any:
             prefix, suffix, stop = actions.action_request(spec, snap.text)
             doc = DocumentView(snap.uri, snap.text, snap.language_id, snap.path)
-            header = build_parts(doc, spec.start, [], config, ls.count_tokens(backend), root).header
+            header = build_parts(doc, spec.start, [], config, count_tokens_of(backend), root).header
             request = CompletionRequest(doc_id=snap.uri, prefix=prefix, suffix=suffix, header=header,
                                         version=snap.version or 0,
                                         sampling=SamplingParams(temperature=config.temperature),
