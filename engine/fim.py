@@ -29,7 +29,10 @@ tokens of the prefix and never a token of the header (one `encode` of the
 joined text could merge across the boundary); the KV-cache reuses the
 longest common token prefix, so this stability is what makes reuse work;
 (2) template tokens are never spelled in text, so the model's control
-tokens come from the template only.
+tokens come from the template only. A SentencePiece tokenizer that
+prepends a space to every encoded text (`add_space_prefix`, CodeLlama's)
+would put one in front of each part; CodeLlama's reference code strips it
+from the suffix, which this module does not do yet.
 """
 from __future__ import annotations
 
