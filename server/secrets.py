@@ -8,6 +8,7 @@ and line breaks inside a value are kept, so line numbers still hold.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -98,20 +99,41 @@ def find_secrets(text: str, *, language_id: str = "", env_file: bool = False) ->
 
     `env_file` treats every `NAME=value` line as a secret (a whole .env file);
     `language_id` says whether bare unquoted values count (they do in YAML,
-    INI, .env and the like, where values are not quoted).
+    INI, .env and the like, where values are not quoted). Lines are scanned
+    one by one through a cache, so a keystroke rescans only the line it changed.
     """
-    found: list[Secret] = []
-    for kind, pattern in _SHAPES:
-        for m in pattern.finditer(text):
-            found.append(Secret(m.start(), m.end(), kind))
-    for pattern in (_KEY_BLOCK, _KEY_BLOCK_TAIL):
-        for m in pattern.finditer(text):
-            if m.group("body").strip():
-                found.append(Secret(m.start("body"), m.end("body"), "private-key"))
-    for m in _URL_PASSWORD.finditer(text):
-        found.append(Secret(m.start("value"), m.end("value"), "url-password"))
     config_like = env_file or language_id.lower() in _CONFIG_LANGUAGES
-    for m in _ASSIGN.finditer(text):
+    found: list[Secret] = []
+    pos = 0
+    for line in text.split("\n"):
+        for start, end, kind in _line_secrets(line, config_like, env_file):
+            found.append(Secret(pos + start, pos + end, kind))
+        pos += len(line) + 1
+    if "PRIVATE KEY" in text:
+        for pattern in (_KEY_BLOCK, _KEY_BLOCK_TAIL):
+            for m in pattern.finditer(text):
+                if m.group("body").strip():
+                    found.append(Secret(m.start("body"), m.end("body"), "private-key"))
+    return _merge(found)
+
+
+_NAME_HINTS = ("pass", "pwd", "secret", "token", "key", "credential", "dsn", "connectionstring")
+
+
+@functools.lru_cache(maxsize=16384)
+def _line_secrets(line: str, config_like: bool, env_file: bool) -> tuple[tuple[int, int, str], ...]:
+    """(start, end, kind) of the single-line secrets in one line."""
+    found: list[tuple[int, int, str]] = []
+    for kind, pattern in _SHAPES:
+        for m in pattern.finditer(line):
+            found.append((m.start(), m.end(), kind))
+    if "://" in line:
+        for m in _URL_PASSWORD.finditer(line):
+            found.append((m.start("value"), m.end("value"), "url-password"))
+    lowered = line.lower()
+    if not env_file and not any(h in lowered for h in _NAME_HINTS):
+        return tuple(found)
+    for m in _ASSIGN.finditer(line):
         if not (env_file or is_secret_name(m.group("name"))):
             continue
         if m.group("qvalue") is not None:
@@ -124,8 +146,8 @@ def find_secrets(text: str, *, language_id: str = "", env_file: bool = False) ->
                 continue
             if len(value) < 3 or value.startswith(("${", "{{", "<", "$")):
                 continue
-        found.append(Secret(start, start + len(value), "assignment"))
-    return _merge(found)
+        found.append((start, start + len(value), "assignment"))
+    return tuple(found)
 
 
 def _merge(found: list[Secret]) -> list[Secret]:

@@ -11,12 +11,13 @@ engine's KV-cache for it is reused.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 from ..secrets import find_secrets, is_env_file, redact_secrets, redact_spans
-from .budget import fit_header, render_header, trim_prefix, trim_suffix
+from .budget import fit_header, render_header, text_tokens, trim_prefix, trim_suffix
 from .parse import language_of
 from .sources import (
     display_name,
@@ -35,7 +36,9 @@ __all__ = [
 
 _CONFIG_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".ini": "ini", ".cfg": "ini",
                     ".conf": "ini", ".toml": "toml", ".properties": "properties", ".env": "dotenv"}
-_CHARS_PER_TOKEN_CAP = 32  # no tokenizer spends fewer tokens than this on a line's characters
+_CHARS_PER_TOKEN_CAP = 32
+HEADER_MEMO_SECONDS = 5.0  # workspace files read for the header may change on disk: look again after this
+_header_memo: dict[tuple, tuple[float, str, tuple[dict, ...]]] = {}  # no tokenizer spends fewer tokens than this on a line's characters
 
 
 def approx_tokens(text: str) -> int:
@@ -81,8 +84,30 @@ def build_context(doc: DocumentView, offset: int, others: list[DocumentView], *,
     suffix = trim_suffix(suffix_raw, suffix_budget, count_tokens, config.snap_lines, cursor_line)
     visible = range(first_window_line + first_rel, cursor_line + suffix.count("\n") + 1)
 
-    # Header: sources over the stable view, redacted, deduplicated, fitted.
+    # Header: a pure function of the stable view, so it is memoized across the keystrokes of one line.
     stable, line = stable_view(doc, offset)
+    key = (stable.text, line, doc.uri, doc.language_id, doc.path, tuple((o.uri, o.text) for o in others),
+           visible.start, visible.stop, config, count_tokens, workspace_root)
+    now = time.monotonic()
+    hit = _header_memo.get(key)
+    if hit is not None and now - hit[0] < HEADER_MEMO_SECONDS:
+        header, provenance = hit[1], [dict(e) for e in hit[2]]
+    else:
+        header, provenance = _header(doc, stable, line, others, config, count_tokens, workspace_root, visible, lang)
+        _header_memo[key] = (now, header, tuple(provenance))
+        while len(_header_memo) > 8:
+            _header_memo.pop(next(iter(_header_memo)))
+    provenance.append({"source": "prefix", "tokens": text_tokens(prefix, count_tokens), "items": prefix.count("\n") + 1,
+                       "origins": [display_name(doc, workspace_root)]})
+    provenance.append({"source": "suffix", "tokens": text_tokens(suffix, count_tokens) if suffix else 0,
+                       "items": suffix.count("\n"), "origins": [display_name(doc, workspace_root)]})
+    return PromptParts(header, prefix, suffix, provenance)
+
+
+def _header(doc: DocumentView, stable: DocumentView, line: int, others: list[DocumentView],
+            config: ContextConfig, count_tokens: Callable[[str], int], workspace_root: Path | None,
+            visible: range, lang: str) -> tuple[str, list[dict]]:
+    """The header from every enabled source, redacted and fitted, with its provenance."""
     snippets: list[Snippet] = []
     if config.imports:
         snippets += imports_source(stable, line, visible)
@@ -97,9 +122,8 @@ def build_context(doc: DocumentView, offset: int, others: list[DocumentView], *,
     snippets = [replace(s, text=redact_secrets(s.text, language_id=_secret_language(s.language, None)))
                 for s in snippets]
     path_line = f"file: {display_name(doc, workspace_root)}" if config.include_path else None
-    header, chosen = fit_header(snippets, header_budget, count_tokens, lang, path_line, config.enabled(),
+    header, chosen = fit_header(snippets, config.budgets()[0], count_tokens, lang, path_line, config.enabled(),
                                 post=redact_secrets)
-
     provenance: list[dict] = []
     for source in config.enabled():
         items = [s for s in chosen if s.source == source]
@@ -112,11 +136,7 @@ def build_context(doc: DocumentView, offset: int, others: list[DocumentView], *,
             })
     provenance.append({"source": "header", "tokens": count_tokens(header) if header else 0,
                        "items": len(chosen), "origins": []})
-    provenance.append({"source": "prefix", "tokens": count_tokens(prefix), "items": prefix.count("\n") + 1,
-                       "origins": [display_name(doc, workspace_root)]})
-    provenance.append({"source": "suffix", "tokens": count_tokens(suffix) if suffix else 0,
-                       "items": suffix.count("\n"), "origins": [display_name(doc, workspace_root)]})
-    return PromptParts(header, prefix, suffix, provenance)
+    return header, provenance
 
 
 def _dedupe(snippets: list[Snippet]) -> list[Snippet]:

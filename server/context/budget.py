@@ -6,6 +6,7 @@ user types and the KV-cache behind it survives.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable
 
 from .types import Snippet
@@ -82,15 +83,15 @@ def fit_header(snippets: list[Snippet], budget: int, count_tokens: CountTokens, 
     if budget <= 0:
         return "", []
     ranked = sorted(snippets, key=lambda s: (priority.index(s.source) if s.source in priority else 99, -s.rank, s.order))
-    used = count_tokens(comment_out(path_line, language)) if path_line else 0
+    used = line_tokens(comment_out(path_line, language), count_tokens) if path_line else 0
     if used > budget:
         path_line, used = None, 0
     chosen: list[Snippet] = []
     titles: set[str] = set()
     for s in ranked:
-        cost = count_tokens(comment_out(s.text, language))
+        cost = line_tokens(comment_out(s.text, language), count_tokens)
         if s.title not in titles:
-            cost += count_tokens(comment_out(s.title + ":", language))
+            cost += line_tokens(comment_out(s.title + ":", language), count_tokens)
         if used + cost <= budget:
             chosen.append(s)
             titles.add(s.title)
@@ -105,6 +106,36 @@ def fit_header(snippets: list[Snippet], budget: int, count_tokens: CountTokens, 
     return header, chosen
 
 
+_line_counts: "OrderedDict[tuple[CountTokens, str], int]" = OrderedDict()
+
+
+def line_tokens(line: str, count_tokens: CountTokens) -> int:
+    """count_tokens(line) through a cache: between keystrokes only the edited line is new."""
+    key = (count_tokens, line)
+    n = _line_counts.get(key)
+    if n is None:
+        n = count_tokens(line)
+        _line_counts[key] = n
+        if len(_line_counts) > 50_000:
+            _line_counts.popitem(last=False)
+    return n
+
+
+_text_counts: "OrderedDict[tuple[CountTokens, str], int]" = OrderedDict()
+
+
+def text_tokens(text: str, count_tokens: CountTokens) -> int:
+    """count_tokens(text) for long texts, remembering the last few (a trim counts, the caller counts again)."""
+    key = (count_tokens, text)
+    n = _text_counts.get(key)
+    if n is None:
+        n = count_tokens(text)
+        _text_counts[key] = n
+        if len(_text_counts) > 8:
+            _text_counts.popitem(last=False)
+    return n
+
+
 def trim_prefix(text: str, budget: int, count_tokens: CountTokens, snap: int = 1,
                 first_line: int = 0) -> tuple[str, int]:
     """The end of `text` (the document before the cursor) within `budget` tokens, and its first line's number.
@@ -117,29 +148,40 @@ def trim_prefix(text: str, budget: int, count_tokens: CountTokens, snap: int = 1
     """
     if budget <= 0:
         return "", text.count("\n")
-    if len(text) <= budget * 8 and count_tokens(text) <= budget:
+    if len(text) <= budget * 8 and text_tokens(text, count_tokens) <= budget:
         return text, 0
     lines = text.split("\n")
     last = len(lines) - 1
+
+    def cost(i: int) -> int:
+        return line_tokens(lines[i] + ("\n" if i < last else ""), count_tokens)
+
+    # Greedy on per-line counts, then correct with exact counts of the joined text.
     used, first = 0, last + 1
-    while first > 0:
-        cost = count_tokens(lines[first - 1] + ("\n" if first - 1 < last else ""))
-        if used + cost > budget:
-            break
-        used += cost
+    while first > 0 and used + cost(first - 1) <= budget:
+        used += cost(first - 1)
         first -= 1
-    for _ in range(64):
-        if first == 0 or count_tokens("\n".join(lines[first - 1:])) > budget:
-            break
-        first -= 1  # the per-line sum overcounts where a line break merges with indentation
     snap = _snap_for(snap, last - first)
     if snap > 1 and first <= last:
+        # Round the cut up to the grid: one exact count then usually confirms it.
         snapped = -(-(first + first_line) // snap) * snap - first_line
         if snapped <= last:
             first = snapped
+    elif first <= last:
+        # No grid: per-line counts overcount where a line break merges with indentation, so widen.
+        exact = text_tokens("\n".join(lines[first:]), count_tokens)
+        for _ in range(4):
+            slack, grow = budget - exact, 0
+            while first - grow > 0 and cost(first - grow - 1) <= slack:
+                slack -= cost(first - grow - 1)
+                grow += 1
+            wider = text_tokens("\n".join(lines[first - grow:]), count_tokens) if grow else budget + 1
+            if wider > budget:
+                break
+            first, exact = first - grow, wider
     while first <= last:
         kept = "\n".join(lines[first:])
-        if count_tokens(kept) <= budget:
+        if text_tokens(kept, count_tokens) <= budget:
             return kept, first
         first += 1
     return _tail_chars(lines[last], budget, count_tokens), last
@@ -153,19 +195,19 @@ def trim_suffix(text: str, budget: int, count_tokens: CountTokens, snap: int = 1
     """
     if budget <= 0:
         return ""
-    if len(text) <= budget * 8 and count_tokens(text) <= budget:
+    if len(text) <= budget * 8 and text_tokens(text, count_tokens) <= budget:
         return text
     lines = text.split("\n")
+
+    def cost(i: int) -> int:
+        return line_tokens(lines[i] + "\n", count_tokens)
+
+    def joined(n: int) -> str:
+        return "\n".join(lines[:n]) + ("\n" if n < len(lines) else "")
+
     used, n = 0, 0
-    while n < len(lines):
-        cost = count_tokens(lines[n] + "\n")
-        if used + cost > budget:
-            break
-        used += cost
-        n += 1
-    for _ in range(64):
-        if n >= len(lines) or count_tokens("\n".join(lines[:n + 1])) > budget:
-            break
+    while n < len(lines) and used + cost(n) <= budget:
+        used += cost(n)
         n += 1
     snap = _snap_for(snap, n)
     if snap > 1 and n > 1:
@@ -173,9 +215,20 @@ def trim_suffix(text: str, budget: int, count_tokens: CountTokens, snap: int = 1
         snapped = end_line - end_line % snap - first_line
         if snapped >= 1:
             n = snapped
+    elif n:
+        exact = text_tokens(joined(n), count_tokens)
+        for _ in range(4):
+            slack, grow = budget - exact, 0
+            while n + grow < len(lines) and cost(n + grow) <= slack:
+                slack -= cost(n + grow)
+                grow += 1
+            wider = text_tokens(joined(n + grow), count_tokens) if grow else budget + 1
+            if wider > budget:
+                break
+            n, exact = n + grow, wider
     while n > 0:
-        kept = "\n".join(lines[:n]) + ("\n" if n < len(lines) else "")
-        if count_tokens(kept) <= budget:
+        kept = joined(n)
+        if text_tokens(kept, count_tokens) <= budget:
             return kept
         n -= 1
     return _head_chars(lines[0], budget, count_tokens)

@@ -26,7 +26,8 @@ def identifiers(text: str) -> frozenset[str]:
 def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     if not a or not b:
         return 0.0
-    return len(a & b) / len(a | b)
+    common = len(a & b)
+    return common / (len(a) + len(b) - common)
 
 
 @functools.lru_cache(maxsize=256)
@@ -45,7 +46,14 @@ def windows(text: str, size: int) -> tuple[tuple[int, int, frozenset[str]], ...]
 
 def best_windows(query: frozenset[str], text: str, size: int, min_score: float) -> list[tuple[float, int, int]]:
     """(score, start, end) of the windows of `text` at least `min_score` alike to `query`, best first."""
-    scored = [(jaccard(query, ids), s, e) for s, e, ids in windows(text, size)]
-    scored = [t for t in scored if t[0] >= min_score]
+    n = len(query)
+    scored = []
+    for s, e, ids in windows(text, size):
+        m = len(ids)
+        if min(n, m) < min_score * max(n, m):  # even full overlap could not reach min_score
+            continue
+        score = jaccard(query, ids)
+        if score >= min_score:
+            scored.append((score, s, e))
     scored.sort(key=lambda t: (-t[0], t[1]))
     return scored

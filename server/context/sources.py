@@ -183,6 +183,12 @@ class _Resolver:
 
     def module_docs(self, imp: Import, lang: str) -> dict[str | None, DocumentView]:
         """{None: the imported module, name: a module imported by name} as documents."""
+        memo = self.__dict__.setdefault("_memo", {})
+        if imp not in memo:
+            memo[imp] = self._module_docs(imp, lang)
+        return memo[imp]
+
+    def _module_docs(self, imp: Import, lang: str) -> dict[str | None, DocumentView]:
         found: dict[str | None, DocumentView] = {}
         if self.doc.path is not None and self.root is not None:
             for key, path in resolve_import(imp, lang, self.doc.path, self.root, self.doc.text).items():
