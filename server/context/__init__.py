@@ -11,6 +11,7 @@ engine's KV-cache for it is reused.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +38,7 @@ __all__ = [
 _CONFIG_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".ini": "ini", ".cfg": "ini",
                     ".conf": "ini", ".toml": "toml", ".properties": "properties", ".env": "dotenv"}
 _CHARS_PER_TOKEN_CAP = 32
+log = logging.getLogger(__name__)
 HEADER_MEMO_SECONDS = 5.0  # workspace files read for the header may change on disk: look again after this
 _header_memo: dict[tuple, tuple[float, str, tuple[dict, ...]]] = {}  # no tokenizer spends fewer tokens than this on a line's characters
 
@@ -108,16 +110,19 @@ def _header(doc: DocumentView, stable: DocumentView, line: int, others: list[Doc
             config: ContextConfig, count_tokens: Callable[[str], int], workspace_root: Path | None,
             visible: range, lang: str) -> tuple[str, list[dict]]:
     """The header from every enabled source, redacted and fitted, with its provenance."""
+    calls: dict[str, Callable[[], list[Snippet]]] = {
+        "imports": lambda: imports_source(stable, line, visible),
+        "signatures": lambda: signatures_source(stable, line, others, config=config,
+                                                workspace_root=workspace_root, visible=visible),
+        "siblings": lambda: siblings_source(stable, line, config=config, visible=visible),
+        "similar": lambda: similar_source(stable, line, others, config=config, workspace_root=workspace_root),
+    }
     snippets: list[Snippet] = []
-    if config.imports:
-        snippets += imports_source(stable, line, visible)
-    if config.signatures:
-        snippets += signatures_source(stable, line, others, config=config, workspace_root=workspace_root,
-                                      visible=visible)
-    if config.siblings:
-        snippets += siblings_source(stable, line, config=config, visible=visible)
-    if config.similar:
-        snippets += similar_source(stable, line, others, config=config, workspace_root=workspace_root)
+    for name in config.enabled():
+        try:
+            snippets += calls[name]()
+        except Exception as exc:  # a source that fails costs its context, never the completion
+            log.warning("context source %s failed for %s: %r", name, doc.uri, exc)
     snippets = _dedupe(snippets)
     snippets = [replace(s, text=redact_secrets(s.text, language_id=_secret_language(s.language, None)))
                 for s in snippets]

@@ -525,9 +525,10 @@ def _dedent(text: str, first_indent: int) -> str:
 
 _DEF_WORDS = re.compile(
     r"^\s*(?:(?:pub|export|public|private|protected|static|async|local|abstract|final|override|default|inline)\s+)*"
-    r"(?:def|fn|func|function|class|struct|enum|interface|trait|type|module|sub|proc|fun|object|record|impl|macro|defn|defun)\s+"
-    r"\(?([A-Za-z_][\w.!?]*)"
+    r"(?P<word>def|fn|func|function|class|struct|enum|interface|trait|type|module|sub|proc|fun|object|record|impl|macro|defn|defun)\s+"
+    r"\(?(?:self\.)?([A-Za-z_][\w.!?]*)"
 )
+_CLASS_WORDS = ("class", "struct", "enum", "interface", "trait", "type", "module", "object", "record", "impl")
 _IMPORT_LINE = re.compile(r"^\s*(?:import\s|from\s+\S+\s+import\s|#\s*include\b|use\s|using\s|require[\s(]|require_relative\s|library\(|load\(|@import\s|open\s)")
 
 
@@ -562,9 +563,10 @@ def fallback_outline(text: str, language: str) -> Outline:
         parent = stack[-1][1] if stack else None
         header = line.strip()
         body = "" if end == i else (" ..." if header.endswith(("{", ":", "do", "=")) else "\n    ...")
-        symbols.append(Symbol(m.group(1), "function" if parent is None else "method",
-                              header + body, i, end, parent, i))
-        stack.append((ind, m.group(1)))
+        name = m.group(2)
+        kind = "class" if m.group("word") in _CLASS_WORDS else ("function" if parent is None else "method")
+        symbols.append(Symbol(name, kind, header + body, i, end, parent, i))
+        stack.append((ind, name))
     return Outline(language, tuple(imports), tuple(symbols), parsed=False)
 
 

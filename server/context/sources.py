@@ -134,7 +134,7 @@ def render_symbol(sym: Symbol, out: Outline) -> str:
     members = members[:_MAX_MEMBERS]
     body = "\n".join("    " + line for m in members for line in _compact(m.signature).split("\n"))
     sig = sym.signature
-    if out.language == "python" and sig.endswith("\n    ..."):
+    if sig.endswith("\n    ..."):  # Python, and the indentation fallback
         return sig[: -len("\n    ...")] + "\n" + body
     if sig.endswith(" { ... }"):
         return sig[: -len(" { ... }")] + " {\n" + body + "\n}"
