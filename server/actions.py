@@ -53,8 +53,10 @@ _TODO = re.compile(r"#\s*(?:TODO|FIXME|XXX)\b", re.IGNORECASE)
 class ActionSpec:
     """One offered action. The edit will replace text[start:end].
 
-    `indent` is the indentation of the lines the model writes; `name` the
-    function or class the action is about ('' for a block). The spec is plain
+    `indent` is the indentation of the lines the model writes; `lead` is text
+    the new body starts with before the model's (a docstring moved off a
+    one-line def, followed by a newline and `indent`); `name` the function or
+    class the action is about ('' for a block). The spec is plain
     data so that it survives a round trip through codeAction's `data`
     (`to_data` / `from_data`).
     """
@@ -66,6 +68,7 @@ class ActionSpec:
     indent: str
     name: str = ""
     language_id: str = "python"
+    lead: str = ""
 
     def to_data(self) -> dict:
         return asdict(self)
@@ -85,6 +88,8 @@ class ActionSpec:
             raise ValueError("code action offsets are not integers")
         if not isinstance(spec.indent, str) or spec.indent.strip(" \t"):
             raise ValueError("code action indent is not whitespace")
+        if not all(isinstance(v, str) for v in (spec.title, spec.name, spec.language_id, spec.lead)):
+            raise ValueError("code action data holds a non-text field")
         return spec
 
 
@@ -278,8 +283,13 @@ def _trailing_comment_end(lines: _Lines, last: int, min_indent: int) -> int:
     return end
 
 
-def _body_region(lines: _Lines, node: ast.AST) -> tuple[int, int, str, list[ast.stmt]] | None:
-    """(start, end, indent, statements) of the body after the docstring, or None."""
+def _body_region(lines: _Lines, node: ast.AST) -> tuple[int, int, str, str, list[ast.stmt]] | None:
+    """(start, end, indent, lead, statements) of the body after the docstring, or None.
+
+    When the body shares the header's line (`def f(): ...`, `def f(): "Doc."; ...`)
+    the region starts right after the ':' and a docstring there becomes `lead`,
+    to be rewritten on its own line.
+    """
     colon = _header_colon(lines, node)
     if colon is None:
         return None
@@ -293,6 +303,10 @@ def _body_region(lines: _Lines, node: ast.AST) -> tuple[int, int, str, list[ast.
         anchor_line, anchor = colon[0], lines.start(colon[0]) + colon[1] + 1
     inline = bool(rest) and rest[0].lineno == anchor_line
     start = anchor if inline else lines.end(anchor_line)
+    lead = ""
+    if inline and doc is not None and doc.lineno == colon[0]:
+        start = lines.start(colon[0]) + colon[1] + 1
+        lead = lines.text[lines.offset(doc.lineno, doc.col_offset): anchor]
     last = rest[-1].end_lineno if rest else anchor_line
     last = _trailing_comment_end(lines, last, def_indent)
     end = lines.end(last) if last > anchor_line or inline else start
@@ -302,7 +316,7 @@ def _body_region(lines: _Lines, node: ast.AST) -> tuple[int, int, str, list[ast.
         indent = leading_ws(lines.line(doc.lineno))
     else:
         indent = leading_ws(lines.line(node.lineno)) + indent_unit(lines.text)
-    return start, end, indent, rest
+    return start, end, indent, lead + "\n" + indent if lead else "", rest
 
 
 def _implement_spec(lines: _Lines, node: ast.AST) -> ActionSpec | None:
@@ -311,13 +325,14 @@ def _implement_spec(lines: _Lines, node: ast.AST) -> ActionSpec | None:
     region = _body_region(lines, node)
     if region is None:
         return None
-    start, end, indent, rest = region
+    start, end, indent, lead, rest = region
     stub = all(_is_stub(s) for s in rest)
     todo = (len(rest) <= 1 and all(_is_stub(s) or _is_placeholder_return(s) for s in rest)
             and bool(_TODO.search(lines.text[lines.start(node.lineno): max(end, start)])))
     if not (stub or todo):
         return None
-    return ActionSpec("implement", f"Implement function {node.name}", start, end, indent, node.name)
+    return ActionSpec("implement", f"Implement function {node.name}", start, end, indent, node.name,
+                      lead=lead)
 
 
 def _docstring_spec(lines: _Lines, node: ast.AST) -> ActionSpec | None:
@@ -418,7 +433,7 @@ def action_request(spec: ActionSpec, text: str) -> tuple[str, str, StopPolicy]:
     legitimately sit left of the indentation that ends a block.
     """
     _check(spec, text)
-    head = text[: spec.start] + "\n" + spec.indent
+    head = text[: spec.start] + "\n" + spec.indent + spec.lead
     suffix = text[spec.end:]
     if spec.kind == "docstring":
         return head + '"""', suffix, StopPolicy(max_tokens=DOCSTRING_MAX_TOKENS, mode="free",
@@ -438,8 +453,8 @@ def _done(spec: ActionSpec, start: int, end: int, new_text: str, note: str = "")
     return ActionEdit(start, end, new_text, complete=not note, note=note, title=title)
 
 
-def _body_block(body_lines: list[str], indent: str) -> str:
-    return "\n" + indent + "\n".join(body_lines)
+def _body_block(body_lines: list[str], indent: str, lead: str = "") -> str:
+    return "\n" + indent + lead + "\n".join(body_lines)
 
 
 def _body_parses_alone(block: str) -> bool:
@@ -499,7 +514,7 @@ def apply_action(spec: ActionSpec, text: str, completion: str) -> ActionEdit:
                        language_id=spec.language_id)
     body_lines = body.split("\n") if body.strip() else []
     for n in range(len(body_lines), 0, -1):
-        new_text = _body_block(body_lines[:n], spec.indent)
+        new_text = _body_block(body_lines[:n], spec.indent, spec.lead)
         if fits(new_text):
             note = "" if n == len(body_lines) else f"kept the first {n} of {len(body_lines)} lines, the rest did not parse"
             return _done(spec, spec.start, spec.end, new_text, note)
@@ -508,9 +523,10 @@ def apply_action(spec: ActionSpec, text: str, completion: str) -> ActionEdit:
         commented = "\n".join(spec.indent + "# " + ln for ln in
                               textwrap.dedent(spec.indent + "\n".join(body_lines)).split("\n"))
         stub = text[spec.start: spec.end]
-        if not stub.startswith("\n"):  # one-line def: put the stub on its own line
-            stub = "\n" + spec.indent + (stub.strip() or "pass")
-        new_text = "\n" + spec.indent + "# keystroke: suggestion kept as a comment, it did not parse\n" + commented + stub
+        if not stub.startswith("\n"):  # one-line def: the stub goes on its own line
+            stub = "\n" + spec.indent + "pass"
+        new_text = ("\n" + spec.indent + spec.lead
+                    + "# keystroke: suggestion kept as a comment, it did not parse\n" + commented + stub)
         if fits(new_text):
             return _done(spec, spec.start, spec.end, new_text, reason + "; kept as a comment")
     return _done(spec, spec.start, spec.start, "", reason)
