@@ -66,9 +66,6 @@ class Outline:
     symbols: tuple[Symbol, ...]
     parsed: bool  # False when the indentation fallback produced it
 
-    def members(self, parent: str) -> list[Symbol]:
-        return [s for s in self.symbols if s.parent == parent]
-
 
 # --------------------------------------------------------------------------- tree-sitter
 

@@ -156,3 +156,13 @@ def test_an_env_file_being_edited_shows_no_values():
     parts = build_context(doc, len(text), [])
     assert OPENAI not in parts.prefix and "production" not in parts.prefix
     assert parts.prefix.endswith("SMTP_PASS") and "APP_ENV=REDACTED" in parts.prefix
+
+
+def test_a_yaml_document_similar_to_the_cursor_comes_without_its_bare_values():
+    config = DocumentView("file:///ws/config.yaml", f"database:\n  host: db.internal\n  user: shop\n"
+                          f"  password: {PASSWORD}\n  pool_size: 5\n", "yaml", Path("/ws/config.yaml"))
+    text = "database:\n  host: localhost\n  user: shop\n  pool_size: 2\n  \n"
+    doc = DocumentView("file:///ws/config.test.yaml", text, "yaml", Path("/ws/config.test.yaml"))
+    parts = build_context(doc, len(text) - 1, [config], config=ContextConfig(similar_min_score=0.1))
+    assert "# similar code in config.yaml:" in parts.header and "#   password: REDACTED" in parts.header
+    assert PASSWORD not in _all_text(parts)
