@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from .syntax import ScanState, indent_width, scan
+from .syntax import ScanState, indent_width, scan, scan_tail
 
 # How much of the suffix the bracket check reads: enough for the enclosing
 # statement, small enough to stay cheap on every keystroke.
@@ -125,7 +125,7 @@ def _fit_brackets(text: str, prefix: str, suffix: str, line_suffix: str, languag
     ties. A candidate that leaves more stray closers than the document
     without the suggestion is never chosen; when none is left, ''.
     """
-    head = scan(prefix, language_id)
+    head = scan_tail(prefix, language_id)
     window = suffix[:SUFFIX_WINDOW]
     baseline = scan(window, language_id, head).extra_closers
     body = text.rstrip()

@@ -152,14 +152,20 @@ def scan(text: str, language_id: str = "python", start: ScanState | None = None)
     token_re = _token_re(lex)
     st = start or ScanState()
     stack = list(st.brackets)
-    last = st.last_code
     extra, skipped, broken = st.extra_closers, st.skipped_openers, st.broken_strings
     own = 0  # openers on top of `stack` that this text opened
     outer: list[int] = []
     pos = 0
+    # `last_code` is settled lazily: code runs from `code_from` up to the next
+    # comment; only then (or at the end) is its last non-space char looked up.
+    last = [st.last_code]
+    code_from = 0
+
+    def settle(upto: int) -> None:
+        last[0] = _last_nonspace(text[code_from:upto], last[0])
 
     def state(string: str | None = None, comment: str | None = None) -> ScanState:
-        return ScanState(tuple(stack), string, comment, last, extra, skipped, broken, tuple(outer))
+        return ScanState(tuple(stack), string, comment, last[0], extra, skipped, broken, tuple(outer))
 
     if st.string is not None:
         end = _string_end(text, 0, st.string, st.string in lex.multiline)
@@ -167,44 +173,36 @@ def scan(text: str, language_id: str = "python", start: ScanState | None = None)
             return state(string=st.string)
         pos, closed = end
         broken += not closed
-        last = st.string[-1]
+        last[0] = st.string[-1]
+        code_from = pos
     elif st.comment is not None:
         end = text.find(st.comment)
         if end == -1:
             return state(comment=st.comment)
-        pos = end + (0 if st.comment == "\n" else len(st.comment))
+        pos = code_from = end + (0 if st.comment == "\n" else len(st.comment))
 
     n = len(text)
     while pos < n:
         m = token_re.search(text, pos)
         if m is None:
-            last = _last_nonspace(text[pos:], last)
             break
-        last = _last_nonspace(text[pos:m.start()], last)
         kind, tok = m.lastgroup, m.group()
         pos = m.end()
-        if kind == "lc":
-            end = text.find("\n", pos)
-            if end == -1:
-                return state(comment="\n")
-            pos = end
-        elif kind == "bc":
-            closer = dict(lex.block_comments)[tok]
+        if kind == "lc" or kind == "bc":
+            settle(m.start())
+            closer = "\n" if kind == "lc" else dict(lex.block_comments)[tok]
             end = text.find(closer, pos)
             if end == -1:
                 return state(comment=closer)
-            pos = end + len(closer)
+            pos = code_from = end + (0 if kind == "lc" else len(closer))
         elif kind == "q":
             end = _string_end(text, pos, tok, tok in lex.multiline)
             if end is None:
+                settle(m.start())
                 return state(string=tok)
             pos, closed = end
             broken += not closed
-            last = tok[-1]
-        elif kind == "skip":
-            last = tok[-1]
-        else:  # bracket
-            last = tok
+        elif kind == "br":
             if tok in OPENERS:
                 stack.append(tok)
                 own += 1
@@ -220,7 +218,29 @@ def scan(text: str, language_id: str = "python", start: ScanState | None = None)
             if own < removed or removed == 0:
                 outer.append(m.start())
             own = max(0, own - removed)
+    settle(n)
     return state()
+
+
+# Scans of long prefixes start this far back, at a line that begins at column
+# 0 with a name (a def, a class, a statement): such a line is almost never
+# inside a string or a bracket, and skipping the rest keeps keystrokes cheap.
+SCAN_WINDOW = 16_000
+_TOP_LEVEL_START = re.compile(r"[A-Za-z_@]")
+
+
+def scan_tail(text: str, language_id: str = "python") -> ScanState:
+    """`scan(text)`, reading only the end of a long text (see SCAN_WINDOW)."""
+    if len(text) <= 2 * SCAN_WINDOW:
+        return scan(text, language_id)
+    pos = len(text) - SCAN_WINDOW
+    while pos > 0:
+        pos = text.rfind("\n", 0, pos)
+        if pos == -1:
+            break
+        if _TOP_LEVEL_START.match(text, pos + 1):
+            return scan(text[pos + 1:], language_id)
+    return scan(text, language_id)
 
 
 def indent_width(line: str) -> int:
@@ -282,9 +302,31 @@ def only_docstring_since_opener(before: str, language_id: str = "python") -> boo
             line_start = stripped.rfind("\n", 0, start) + 1
             if stripped[line_start:start].strip(" \t").lower() not in ("", "r", "u"):
                 return False
-            head = scan(stripped[:line_start], language_id)
+            head = scan_tail(stripped[:line_start], language_id)
             return _opens_block(head, lexicon(language_id))
     return False
+
+
+def _line_before(text: str, pos: int) -> str:
+    """The last non-blank line of text[:pos], or ''."""
+    while pos > 0:
+        start = text.rfind("\n", 0, pos - 1) + 1
+        line = text[start:pos].rstrip("\n")
+        if line.strip():
+            return line
+        pos = start
+    return ""
+
+
+def _line_after(text: str, pos: int) -> str:
+    """The first non-blank line of text[pos:], or ''."""
+    while pos < len(text):
+        end = text.find("\n", pos)
+        end = len(text) if end == -1 else end
+        if text[pos:end].strip():
+            return text[pos:end]
+        pos = end + 1
+    return ""
 
 
 def analyze(prefix: str, suffix: str, language_id: str = "python") -> CursorContext:
@@ -294,13 +336,13 @@ def analyze(prefix: str, suffix: str, language_id: str = "python") -> CursorCont
     before_line, line_prefix = prefix[:line_start], prefix[line_start:]
     nl = suffix.find("\n")
     line_suffix = suffix if nl == -1 else suffix[:nl]
-    head = scan(before_line, language_id)
+    head = scan_tail(before_line, language_id)
     here = scan(line_prefix, language_id, head)
     blank = not line_prefix.strip() and not line_suffix.strip()
     after_opener = not head.in_string and not head.in_comment and _opens_block(head, lex)
     on_opener = bool(line_prefix.strip()) and _opens_block(here, lex) and not here.in_comment
-    prev_code_line = before_line.rstrip().rsplit("\n", 1)[-1] if before_line.strip() else ""
-    next_code_line = next((ln for ln in suffix[nl + 1:].split("\n") if ln.strip()), "") if nl != -1 else ""
+    prev_code_line = _line_before(before_line, len(before_line))
+    next_code_line = _line_after(suffix, nl + 1) if nl != -1 else ""
     empty_body = False
     if blank and not head.in_string:
         if after_opener:

@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from keystroke.server.syntax import (analyze, choose_mode, indent_unit, opens_block,
-                                     only_docstring_since_opener, scan)
+from keystroke.server.syntax import (SCAN_WINDOW, analyze, choose_mode, indent_unit, opens_block,
+                                     only_docstring_since_opener, scan, scan_tail)
 
 MODULE = '''\
 import json
@@ -77,6 +77,19 @@ def test_scan_resumes_where_it_stopped():
         both = scan("".join(lines[cut:]), "python", head)
         assert (both.brackets, both.string, both.comment, both.extra_closers, both.last_code) == (
             whole.brackets, whole.string, whole.comment, whole.extra_closers, whole.last_code), cut
+
+
+def test_scan_tail_agrees_with_a_full_scan_on_long_files():
+    import argparse
+
+    source = inspect.getsource(argparse)
+    assert len(source) > 2 * SCAN_WINDOW
+    lines = source.splitlines(keepends=True)
+    for cut in range(len(lines) // 2, len(lines), len(lines) // 40):
+        text = "".join(lines[:cut]) + lines[cut][: len(lines[cut]) // 2]
+        full, tail = scan(text, "python"), scan_tail(text, "python")
+        assert (tail.brackets, tail.string, tail.comment, tail.last_code) == (
+            full.brackets, full.string, full.comment, full.last_code), cut
 
 
 def test_opens_block_and_docstring_body():
