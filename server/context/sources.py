@@ -218,7 +218,8 @@ def signatures_source(doc: DocumentView, cursor_line: int, others: list[Document
 
     Resolved, in order: through the current file's imports (open documents
     or workspace files), in the current file outside the visible lines, and
-    by name in the other open documents.
+    by name in the other open documents. Names the file imports from local
+    code come too, ranked below the ones in use.
     """
     lang = language_of(doc.language_id, doc.path)
     out = doc_outline(doc)
@@ -307,6 +308,17 @@ def signatures_source(doc: DocumentView, cursor_line: int, others: list[Document
                 if sym is not None and sym.kind != "variable":
                     add(sym, o, o_out, 2.0, count)
                     break
+    # Names imported from local code but not used nearby yet: the cursor's own line may be their
+    # first use, and that line is left out above so that typing does not change the header.
+    for alias, (imp, original) in bindings.items():
+        if (alias, None) in uses or not original:
+            continue
+        docs = resolver.module_docs(imp, lang)
+        if None in docs and alias not in docs:
+            t_out = doc_outline(docs[None])
+            sym = _lookup(t_out, original)
+            if sym is not None:
+                add(sym, docs[None], t_out, 2.5, 0)
     ranked = sorted(found.values(), key=lambda s: (-s.rank, s.order))
     return ranked[: config.max_signatures]
 

@@ -303,3 +303,20 @@ def test_env_files_contribute_nothing(tmp_path):
     doc = DocumentView("file:///ws/app.py", "DATABASE_URL = 1\nconn = connect(DATABASE_URL)\n\n", "python")
     assert similar_source(doc, 2, [env, local], config=ContextConfig(similar_min_score=0.0)) == []
     assert signatures_source(doc, 2, [env, local], visible=range(0, 3)) == []
+
+
+def test_local_imports_not_yet_used_still_bring_their_signatures(tmp_path):
+    root = shop(tmp_path)
+    text = "from .models import Item, parse_item\nfrom .pricing import discount\n\n\ndef cheap(row):\n    item = \n"
+    path = root / "shop" / "sale.py"
+    path.write_text(text)
+    doc = view(path)
+    snippets = signatures_source(doc, 5, [], workspace_root=root, visible=range(0, 7))
+    texts = {s.text.split("\n")[0]: s.rank for s in snippets}
+    # the cursor's line is not read (it changes with every keystroke), yet what it may call is there
+    assert "def parse_item(row: dict) -> Item:" in texts and "def discount(cents: int, percent: int) -> int:" in texts
+    assert "@dataclass" in texts
+    # a name in use nearby ranks above one only imported
+    doc2 = view(path, text.replace("    item = \n", "    item = parse_item(row)\n    \n"))
+    ranks = {s.text.split("\n")[0]: s.rank for s in signatures_source(doc2, 6, [], workspace_root=root, visible=range(0, 8))}
+    assert ranks["def parse_item(row: dict) -> Item:"] > ranks["def discount(cents: int, percent: int) -> int:"]
