@@ -239,8 +239,9 @@ async def message_loop(server: Any, reader: asyncio.StreamReader,
                        first: Callable[[dict | None], bool] | None = None) -> None:
     """Read and dispatch messages until end of input (or `exit`).
 
-    `first`, when given, sees the first decoded message and returns False
-    to refuse the connection (it has answered already)."""
+    `first`, when given, sees the first decoded message (None if unreadable)
+    and returns False to refuse the connection (having answered already);
+    when it returns True the message is dispatched as usual."""
     while True:
         body = await read_frame(reader)
         if body is None:
@@ -357,14 +358,16 @@ def parse_hostport(value: str) -> tuple[str, int]:
 
 
 async def serve_tcp(server: Any, host: str, port: int, token: str,
-                    on_listening: Callable[[int], None] | None = None) -> None:
+                    on_listening: Callable[[int], None] | None = None) -> int:
+    """Serve one authenticated client; its exit status (0 when it just disconnects)."""
     loop = asyncio.get_running_loop()
     server.loop = loop
     finished = asyncio.Event()
     busy = False
+    exit_code = 0
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal busy
+        nonlocal busy, exit_code
         peer = writer.get_extra_info("peername")
 
         def refuse(msg_id: Any, why: str) -> None:
@@ -387,11 +390,12 @@ async def serve_tcp(server: Any, host: str, port: int, token: str,
                 return False
             busy = True
             server.protocol.set_writer(writer)
-            dispatch(server, data)
-            return True
+            return True   # message_loop dispatches it
 
         try:
             await message_loop(server, reader, first=first)
+        except SystemExit as e:   # the `exit` notification: stop serving, keep its status
+            exit_code = e.code if isinstance(e.code, int) else 0
         except (ConnectionError, OSError) as e:
             log.info("TCP client %s: %s", peer, e)
         finally:
@@ -411,6 +415,7 @@ async def serve_tcp(server: Any, host: str, port: int, token: str,
         on_listening(bound)
     async with listener:
         await finished.wait()
+    return exit_code
 
 
 # ---------------------------------------------------------------------------
@@ -448,7 +453,9 @@ def main(args: argparse.Namespace) -> int:
         if hostport is not None:
             def announce(port: int) -> None:
                 print(f"keystroke: listening on {hostport[0]}:{port}", file=sys.stderr, flush=True)
-            asyncio.run(serve_tcp(server, hostport[0], hostport[1], token, announce))
+            code = asyncio.run(serve_tcp(server, hostport[0], hostport[1], token, announce))
+            log.info("exit (status %d)", code)
+            return code
         else:
             asyncio.run(serve_stdio(server, sys.stdin.buffer, stdout))
     except SystemExit as e:   # the `exit` notification
