@@ -26,7 +26,7 @@ from .loader import load_checkpoint
 from .model import Transformer
 from .quantize import fbgemm_available, quantize_model
 from .registry import DEFAULT_MODEL, resolve
-from .response_cache import ResponseCache
+from .response_cache import ResponseCache, make_key
 
 log = logging.getLogger("keystroke.engine")
 
@@ -85,6 +85,9 @@ class Engine:
         self.keep_generated = keep_generated
         self.template = fim.detect_template(tokenizer)
         self._suggestions: dict[str, _Suggestion] = {}
+        # Both shortcuts answer without the model; tests of the KV path turn them off.
+        self.typing_through = True
+        self.response_cache = True
         self._lock = threading.Lock()
         self._counters = {"requests": 0, "typed_through": 0, "response_cache_hits": 0,
                           "computed_tokens": 0, "reused_memory_tokens": 0, "reused_disk_tokens": 0,
@@ -137,8 +140,9 @@ class Engine:
         t_start = time.perf_counter()
         with self._lock:  # one model, one request at a time
             queue_ms = (time.perf_counter() - t_start) * 1000
-            self._t_request = t_start
-            result = self._complete(req)
+            self._t_request_mono = time.monotonic() - queue_ms / 1000
+            with torch.inference_mode():
+                result = self._complete(req)
             result.timings.queue_ms = queue_ms
             result.timings.total_ms = (time.perf_counter() - t_start) * 1000
         self._count(result.timings)
@@ -146,7 +150,7 @@ class Engine:
 
     def _complete(self, req: CompletionRequest) -> CompletionResult:
         timings = Timings()
-        through = self._typed_through(req) if req.use_cache else None
+        through = self._typed_through(req) if req.use_cache and self.typing_through else None
         if through is not None:
             timings.typed_through = True
             return CompletionResult([Candidate(t, "typed_through") for t in through], timings)
@@ -156,10 +160,12 @@ class Engine:
         plan = healing.heal(self.tokenizer, ids, prompt.protected)
         ids = list(plan.ids)
         timings.prompt_tokens = len(ids)
+        if not ids:  # an empty document with a tokenizer that adds no BOS: nothing to condition on
+            return CompletionResult([], timings)
 
-        key = None
-        if req.use_cache and (req.sampling.temperature == 0 or req.sampling.seed is not None):
-            key = self.responses.make_key(self.fingerprint, ids, plan.removed, req.sampling, req.stop, req.n)
+        key = make_key(self.fingerprint, ids, req.sampling, req.stop, req.n,
+                       extra=plan.removed_text) if req.use_cache and self.response_cache else None
+        if key is not None:
             hit = self.responses.get(key)
             if hit is not None:
                 timings.response_cache_hit = True
@@ -168,39 +174,39 @@ class Engine:
 
         t0 = time.perf_counter()
         if req.use_cache:
-            lease = self.store.acquire(req.doc_id, ids)
+            lease = self.store.acquire(req.doc_id, ids, max_reuse=len(ids) - 1)
             cache, reused, source = lease.cache, lease.reused, lease.source
         else:
             cache, reused, source = self.model.new_cache(capacity=len(ids) + 64), 0, None
-        # Logits come from running at least the last prompt token.
-        reused = min(reused, len(ids) - 1)
-        cache.truncate(reused)
-        if source == "disk":
-            timings.reused_disk_tokens = reused
-        else:
-            timings.reused_memory_tokens = reused
-        logits = None
-        for s in range(reused, len(ids), PREFILL_CHUNK):
-            chunk = torch.tensor([ids[s:s + PREFILL_CHUNK]], dtype=torch.long, device=self.device)
-            logits = self.model(chunk, cache)
-        timings.computed_tokens = len(ids) - reused
-        timings.prefill_ms = (time.perf_counter() - t0) * 1000
+        outs = []
+        try:
+            if source == "disk":
+                timings.reused_disk_tokens = reused
+            else:
+                timings.reused_memory_tokens = reused
+            logits = None
+            for s in range(reused, len(ids), PREFILL_CHUNK):
+                chunk = torch.tensor([ids[s:s + PREFILL_CHUNK]], dtype=torch.long, device=self.device)
+                logits = self.model(chunk, cache)
+            timings.computed_tokens = len(ids) - reused
+            timings.prefill_ms = (time.perf_counter() - t0) * 1000
 
-        t1 = time.perf_counter()
-        deadline = self._t_request + req.stop.deadline_ms / 1000 if req.stop.deadline_ms else None
-        line = req.prefix.rsplit("\n", 1)[-1]
-        outs = generate(self.model, cache, logits, self.tokenizer, sampling=req.sampling, stop=req.stop,
-                        n=max(1, req.n), is_cancelled=req.is_cancelled, heal=plan,
-                        line_before_cursor=line, deadline=deadline)
-        timings.decode_ms = (time.perf_counter() - t1) * 1000
-        timings.decode_tokens = sum(len(o.ids) for o in outs)
-
-        if req.use_cache:
-            kept = ids
-            if self.keep_generated and req.n <= 1 and outs:
-                kept = ids + list(outs[0].ids)[: max(0, cache.length - len(ids))]
-            cache.truncate(len(kept))
-            self.store.release(req.doc_id, kept, cache)
+            t1 = time.perf_counter()
+            deadline = self._t_request_mono + req.stop.deadline_ms / 1000 if req.stop.deadline_ms else None
+            line = req.prefix.rsplit("\n", 1)[-1]
+            outs = generate(self.model, cache, logits, self.tokenizer, sampling=req.sampling, stop=req.stop,
+                            n=max(1, req.n), is_cancelled=req.is_cancelled, heal=plan,
+                            line_before_cursor=line, deadline=deadline, prompt_ids=ids)
+            timings.decode_ms = (time.perf_counter() - t1) * 1000
+            timings.decode_tokens = sum(len(o.ids) for o in outs)
+        finally:
+            if req.use_cache:
+                # Whatever happened, hand the document's cache back holding what it really holds.
+                kept = ids[: min(cache.length, len(ids))]
+                if self.keep_generated and req.n <= 1 and outs and cache.length > len(ids):
+                    kept = ids + list(outs[0].ids)[: cache.length - len(ids)]
+                cache.truncate(len(kept))
+                self.store.release(req.doc_id, kept, cache)
         candidates = [Candidate(o.text, o.stop_reason, len(o.ids)) for o in outs]
         cancelled = any(c.stop_reason == "cancelled" for c in candidates)
         if key is not None and not cancelled and not any(c.stop_reason == "deadline" for c in candidates):
@@ -211,12 +217,13 @@ class Engine:
 
     def _fit(self, ids: list[int], protected: int) -> list[int]:
         """Cut the start of an over-long prompt (after its protected head) in coarse steps."""
-        limit = self.max_prompt_tokens - 256  # room to generate
+        limit = self.max_prompt_tokens - min(256, self.max_prompt_tokens // 4)  # room to generate
         if len(ids) <= limit:
             return ids
+        step = max(1, min(TRUNCATE_STEP, limit // 2))
+        head = ids[:protected] if protected < limit // 2 else ids[:1]
         excess = len(ids) - limit
-        cut = -(-excess // TRUNCATE_STEP) * TRUNCATE_STEP
-        head = ids[:protected] if protected < len(ids) // 2 else ids[:1]
+        cut = -(-excess // step) * step
         return head + ids[len(head) + cut:]
 
     # ---------------------------------------------------------- typing-through
