@@ -21,8 +21,10 @@ Decisions, so the server can rely on them:
   body. The starting level is the indentation of the cursor's line
   (including whitespace the completion adds before its first character).
   The completion stops at the start of a later line whose first
-  non-whitespace character sits at or below the starting level while no
-  bracket opened by the completion is left open; the text is cut at the end
+  non-whitespace character sits at or below the starting level (strictly
+  below it when the cursor's line was blank and indented: then the block
+  is the rest of the body the cursor is in, e.g. a whole function body) while no bracket opened by the completion is
+  left open and no string is (a docstring's lines do not end a block); the text is cut at the end
   of the last non-blank line. So Python's `def f():\\n    body\\n` ends at
   the next dedented line, and a brace block ends after the `}` that
   balances it (immediately, when that line holds only closing brackets and
@@ -149,10 +151,14 @@ class StopChecker:
         self._scanner.max_depth = 0
         cursor_line = self.line_before_cursor
         self._start_level = indent_width(cursor_line) if cursor_line.strip() else None
+        # On a blank line inside a body the block is the rest of that body; after code
+        # (an opener such as `def f():`) or at top level it is one statement with its block.
+        self._blank_start = not cursor_line.strip()
         self._line = self.line_before_cursor  # the current line so far, cursor line included
         self._line_start = -len(self.line_before_cursor)  # where it starts, in completion offsets
         self._seen_content = False       # any non-whitespace in the completion yet
         self._line_depth_at_start = 0
+        self._scanner_mode_at_line_start = "code"
         self._last_content_end = 0       # end of the last non-blank line's text
         self._lines: list[str] = []      # the completion's finished lines
         self._line_ends: list[int] = []  # offset of each finished line's newline
@@ -210,6 +216,7 @@ class StopChecker:
                 hit = self._line_repeats(line, offset)
             self._line, self._line_start = "", offset + 1
             self._line_depth_at_start = self._scanner.depth
+            self._scanner_mode_at_line_start = self._scanner.mode
             return hit
         self._scanner.feed(ch)
         first_char_of_line = not self._line.strip() and not ch.isspace()
@@ -221,7 +228,9 @@ class StopChecker:
             if self._start_level is None:
                 self._start_level = level
             elif mode == "block" and self._seen_content and self._line_depth_at_start <= 0 \
-                    and level <= self._start_level:
+                    and self._scanner_mode_at_line_start == "code" \
+                    and (level < self._start_level if self._blank_start and self._start_level > 0
+                         else level <= self._start_level):
                 return Stop("block", self._last_content_end)
         self._seen_content = True
         return None

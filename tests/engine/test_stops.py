@@ -43,10 +43,20 @@ def test_block_mode_python_dedent_ends_the_block():
     assert run(text, mode="free") is None
 
 
-def test_block_mode_statement_at_cursor_level_inside_a_body():
-    # the cursor's line sets the level: the next line at that level ends the block
-    got = run("total += x\n    count += 1\n", line="    ", mode="block")
-    assert got == ("block", "total += x")
+def test_block_mode_on_a_blank_body_line_completes_the_rest_of_the_body():
+    # a blank, indented cursor line: the block is the body, it ends at the first dedent
+    got = run("total += x\n    count += 1\nprint(total)\n", line="    ", mode="block")
+    assert got == ("block", "total += x\n    count += 1")
+
+
+def test_block_mode_after_an_opener_at_the_cursor_level_ends_at_that_level():
+    got = run("\n        return 1\n    y = 2\n", line="    if x:", mode="block")
+    assert got == ("block", "\n        return 1")
+
+
+def test_block_mode_docstring_lines_do_not_end_the_block():
+    text = '"""\n    Check n.\n    """\n    return n > 1\n\ndef g():\n'
+    assert run(text, line="    ", mode="block") == ("block", text[:text.index("\n\ndef")])
 
 
 def test_block_mode_braces_closing_line_ends_it():
@@ -116,3 +126,8 @@ def test_indent_width_counts_tabs_as_four():
 ])
 def test_block_mode_ignores_brackets_in_strings_and_comments(text, kept):
     assert run(text, mode="block") == ("block", kept)
+
+
+def test_block_mode_a_dedented_line_inside_a_string_does_not_end_the_block():
+    text = 'x = """\nno indent here\n"""\n    return x\nprint(1)\n'
+    assert run(text, line="    ", mode="block") == ("block", text[:text.index("\nprint")])
