@@ -228,11 +228,15 @@ class Suggestions:
 
 @attrs.define
 class BadMessage:
-    """A message that could not be structured: answered with `error` if it was a request."""
+    """A message that could not be structured. A request (it has "method"
+    and "id") is answered with `error`; a malformed response fails the
+    future waiting for it; a notification is only logged."""
 
     id: Any
     method: Any
     error: types.ResponseError
+    is_request: bool
+    is_response: bool
     jsonrpc: str = "2.0"
 
 
@@ -271,30 +275,32 @@ class KeystrokeProtocol(LanguageServerProtocol):
         self.initialize_seen = False
 
     def structure_message(self, data: dict[str, Any]):
-        if not isinstance(data, dict) or "jsonrpc" not in data:
+        """Called on each whole message (not, as in pygls, on every nested object)."""
+        if not isinstance(data, dict):
             return data
         msg_id, method = data.get("id"), data.get("method")
+        kind = {"is_request": "method" in data and "id" in data,
+                "is_response": "method" not in data and "id" in data}
+        reply_id = msg_id if _valid_id(msg_id) else None
         if data.get("jsonrpc") != "2.0" or ("method" in data and not isinstance(method, str)) \
                 or ("id" in data and not _valid_id(msg_id)):
-            return BadMessage(msg_id if _valid_id(msg_id) else None, method,
-                              types.ResponseError(code=types.ErrorCodes.InvalidRequest, message="invalid JSON-RPC message"))
+            return BadMessage(reply_id, method, types.ResponseError(
+                code=types.ErrorCodes.InvalidRequest, message="invalid JSON-RPC message"), **kind)
+        from pygls.protocol import JsonRPCNotification, JsonRPCRequestMessage, JsonRPCResponseMessage
         try:
             data = lenient_message(data)
-            if "id" in data:
+            if kind["is_request"]:
+                return self._converter.structure(data, self.get_message_type(method) or JsonRPCRequestMessage)
+            if kind["is_response"]:
                 if "error" in data:
                     return self._converter.structure(data, types.ResponseErrorMessage)
-                if "method" in data:
-                    from pygls.protocol import JsonRPCRequestMessage
-                    return self._converter.structure(data, self.get_message_type(method) or JsonRPCRequestMessage)
-                from pygls.protocol import JsonRPCResponseMessage
                 return self._converter.structure(data, self._result_types.pop(msg_id, None) or JsonRPCResponseMessage)
-            from pygls.protocol import JsonRPCNotification
             return self._converter.structure(data, self.get_message_type(method or "") or JsonRPCNotification)
         except Exception as e:  # noqa: BLE001 - the client sent something we cannot read
             detail = _short_error(e)
             log.warning("malformed %s message: %s", method or "response", detail)
-            return BadMessage(msg_id, method, types.ResponseError(
-                code=types.ErrorCodes.InvalidParams, message=f"invalid params for {method}: {detail}"))
+            return BadMessage(reply_id, method, types.ResponseError(
+                code=types.ErrorCodes.InvalidParams, message=f"invalid params for {method}: {detail}"), **kind)
 
     def handle_message(self, message: Any) -> None:
         if isinstance(message, BadMessage):
@@ -325,18 +331,18 @@ class KeystrokeProtocol(LanguageServerProtocol):
         return super().handle_message(message)
 
     def _answer_bad(self, message: BadMessage) -> None:
-        if isinstance(message.method, str) or message.method is None and message.id is None:
-            if message.id is not None or message.error.code == types.ErrorCodes.InvalidRequest:
-                if message.method is None and message.id is None and message.error.code != types.ErrorCodes.InvalidRequest:
-                    return
-                if message.method is not None and message.id is None and message.error.code == types.ErrorCodes.InvalidParams:
-                    return  # a notification with bad params: nothing to answer
-                self._send_response(message.id, error=message.error)
-            return
-        # A malformed response to one of our requests: fail the waiting future.
-        future = self._request_futures.pop(message.id, None) if _valid_id(message.id) else None
-        if future is not None and not future.done():
-            future.set_exception(JsonRpcException(message.error.message))
+        if message.is_request:
+            self._send_response(message.id, error=message.error)
+        elif message.is_response and message.id is not None:
+            future = self._request_futures.pop(message.id, None)
+            if future is not None and not future.done():
+                future.set_exception(JsonRpcException(message.error.message))
+
+    def _handle_cancel_notification(self, msg_id: Any) -> None:
+        if _valid_id(msg_id):
+            super()._handle_cancel_notification(msg_id)
+        else:
+            log.warning("$/cancelRequest with an invalid id ignored")
 
     def _send_handler_result(self, future: Any, *, msg_id: Any) -> None:
         self._request_futures.pop(msg_id, None)
@@ -422,6 +428,7 @@ class KeystrokeServer(LanguageServer):
         self._load_generation = 0
         self._tasks: set[asyncio.Task] = set()
         self.completion_handler: Callable | None = None   # set by create_server
+        self.initialized_seen = False
 
     # -- helpers ---------------------------------------------------------
     def spawn(self, coro: Awaitable[Any]) -> None:
@@ -446,8 +453,12 @@ class KeystrokeServer(LanguageServer):
             log.warning("could not show a message: %s", _short_error(e))
 
     def report_server_error(self, error: Exception, source: Any) -> None:
-        """pygls calls this for failures outside a request; log, do not pop up."""
-        log.error("error in server (%s): %s", getattr(source, "__name__", source), error, exc_info=error)
+        """pygls calls this for failures it caught; log them, do not pop up.
+        Protocol answers (unknown method, bad params) are not bugs: no traceback."""
+        if isinstance(error, JsonRpcException):
+            log.warning("%s", error)
+        else:
+            log.error("error in server (%s): %s", getattr(source, "__name__", source), error, exc_info=error)
 
     @property
     def capabilities_of_client(self) -> types.ClientCapabilities:
@@ -942,6 +953,10 @@ def create_server(config: Config | None = None, *, quant: str = "auto",
     @server.feature(types.INITIALIZED)
     @guarded()
     def on_initialized(ls: KeystrokeServer, params: types.InitializedParams) -> None:
+        if ls.initialized_seen:
+            log.warning("initialized sent twice; ignored")
+            return
+        ls.initialized_seen = True
         ls.spawn(ls.load_engine())
 
     @server.feature(types.SHUTDOWN)

@@ -63,6 +63,10 @@ def default_log_file() -> Path:
     return Path(base) / "keystroke" / "serve.log"
 
 
+# C0 controls other than newline and tab, shown escaped (a NUL makes a log "binary").
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in range(32) if chr(c) not in "\n\t"}
+
+
 class _RedactingFilter(logging.Filter):
     """Secrets never reach a log, and no record is longer than a few KB
     (a 50 MB document in a log line would be a problem of its own)."""
@@ -79,6 +83,7 @@ class _RedactingFilter(logging.Filter):
             message = redact(message)
         except Exception:  # noqa: BLE001
             pass
+        message = message.translate(_CONTROL_ESCAPES)
         if len(message) > self.LIMIT:
             message = message[: self.LIMIT] + f"... ({len(message) - self.LIMIT} more characters)"
         record.msg, record.args = message, ()

@@ -372,11 +372,11 @@ def types_to_json(obj: Any) -> Any:
 
 
 def wait_ready_raw(client: RawClient, timeout: float = 180.0) -> dict:
-    import itertools
     import time
+    import uuid
     deadline = time.monotonic() + timeout
-    for i in itertools.count():
-        st = client.call("workspace/executeCommand", {"command": "keystroke.status"}, f"ready-{i}")["result"]
+    while True:
+        st = client.call("workspace/executeCommand", {"command": "keystroke.status"}, f"ready-{uuid.uuid4().hex}")["result"]
         if st["state"] == "ready":
             return st
         assert st["state"] != "failed", st
