@@ -61,7 +61,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
             cfg, weights, tokenizer, info = load_hf_folder(path)
             files = sorted(path.glob("*.safetensors")) + [path / "config.json"]
-            return Checkpoint(cfg, weights, tokenizer, fingerprint(files), info)
+            return _checkpoint(cfg, weights, tokenizer, fingerprint(files), info)
     if path.suffix.lower() != ".gguf":
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -72,4 +72,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     from .gguf_loader import load_gguf
 
     cfg, weights, tokenizer, info = load_gguf(path)
-    return Checkpoint(cfg, weights, tokenizer, fingerprint([path]), info)
+    return _checkpoint(cfg, weights, tokenizer, fingerprint([path]), info)
+
+
+def _checkpoint(cfg: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: Tokenizer,
+                fp: str, info: dict[str, Any]) -> Checkpoint:
+    # Embedding tables are often padded past the tokenizer (Qwen2.5: 151,936 rows for 151,665
+    # tokens). The tokenizer then covers every logit: the extra ids decode to ''.
+    if cfg.vocab_size > tokenizer.vocab_size:
+        tokenizer.vocab_size = cfg.vocab_size
+    elif cfg.vocab_size < tokenizer.vocab_size:
+        raise ModelError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                         f"{cfg.vocab_size} embeddings", "the tokenizer does not belong to these weights")
+    return Checkpoint(cfg, weights, tokenizer, fp, info)

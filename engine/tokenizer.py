@@ -69,6 +69,8 @@ class Tokenizer:
         self._backend = backend
         # Special-token text in a document stays text (see module docstring).
         self._backend.encode_special_tokens = True
+        # Ids the model can emit; the loader raises it to the embedding rows when those are
+        # padded past the tokenizer (the extra ids decode to '').
         self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
         self.bos_id = bos_id
         self.add_bos = add_bos and bos_id is not None

@@ -163,3 +163,15 @@ def test_block_types_read_as_gguf_py_reads_them(qtype, tmp_path):
     assert got["w.weight"].shape == (rows, cols)
     for name, value in expected.items():
         np.testing.assert_array_equal(got[name].numpy(), value.reshape(got[name].shape))
+
+
+def test_padded_embedding_table_is_covered_by_the_tokenizer(tmp_path):
+    """Qwen2.5-style: more embedding rows than tokens; every logit gets a token string."""
+    base = make_tiny_model_dir(tmp_path / "base", "qwen2")
+    tokens = load_checkpoint(base).tokenizer.vocab_size
+    ckpt = load_checkpoint(make_tiny_model_dir(tmp_path / "padded", "qwen2",
+                                               config_overrides={"vocab_size": tokens + 64}))
+    assert ckpt.cfg.vocab_size == tokens + 64 == ckpt.tokenizer.vocab_size
+    strings = ckpt.tokenizer.token_strings()
+    assert len(strings) == tokens + 64 and strings[-64:] == [""] * 64
+    assert "".join(strings[i] for i in ckpt.tokenizer.encode("def x(y):")) == "def x(y):"
