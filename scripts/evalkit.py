@@ -1,0 +1,136 @@
+"""Shared pieces of the evaluation scripts: scores, bootstrap intervals, tables, sandboxed runs.
+
+Nothing here knows a model; the scripts load one with `keystroke.engine.Engine`.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "artifacts" / "eval"
+
+
+# --------------------------------------------------------------------------- scores
+
+def normalize_lines(text: str) -> str:
+    """`text` with trailing whitespace dropped from every line and blank lines dropped at both ends."""
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    while lines and not lines[0]:
+        lines.pop(0)
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines)
+
+
+def edit_similarity(prediction: str, target: str) -> float:
+    """difflib's ratio: 2 * matched characters / total characters, 1.0 for two empty strings."""
+    if not prediction and not target:
+        return 1.0
+    return difflib.SequenceMatcher(None, prediction, target, autojunk=False).ratio()
+
+
+def first_code_line(text: str) -> str:
+    """The first non-blank line of `text`, stripped."""
+    return next((line.strip() for line in text.split("\n") if line.strip()), "")
+
+
+# --------------------------------------------------------------------------- statistics
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def bootstrap_ci(values: Sequence[float], *, resamples: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values`."""
+    if not values:
+        return float("nan"), float("nan")
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    lo = means[int((1 - level) / 2 * resamples)]
+    hi = means[min(resamples - 1, int((1 + level) / 2 * resamples))]
+    return lo, hi
+
+
+def paired_diff_ci(a: Sequence[float], b: Sequence[float], **kw) -> tuple[float, float, float]:
+    """Mean of a - b over paired tasks, with its bootstrap interval (resampling tasks, not runs)."""
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    lo, hi = bootstrap_ci(diffs, **kw)
+    return mean(diffs), lo, hi
+
+
+def fmt_ci(values: Sequence[float], scale: float = 100.0, **kw) -> str:
+    """'mean [lo, hi]' in percent."""
+    lo, hi = bootstrap_ci(values, **kw)
+    return f"{mean(values) * scale:.1f} [{lo * scale:.1f}, {hi * scale:.1f}]"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- running generated code
+
+def _limit_child() -> None:  # runs in the child before exec: no core files, bounded memory
+    import resource
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+    os.setsid()
+
+
+def run_program(source: str, timeout_s: float = 10.0) -> tuple[bool, str]:
+    """Run `source` with a fresh Python in a throwaway folder; (exit status 0, why not)."""
+    with tempfile.TemporaryDirectory(prefix="keystroke-eval-") as tmp:
+        path = Path(tmp) / "program.py"
+        path.write_text(source, encoding="utf-8")
+        try:
+            proc = subprocess.run([sys.executable, "-I", str(path)], cwd=tmp, capture_output=True, text=True,
+                                  timeout=timeout_s, preexec_fn=_limit_child, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return False, "timeout"
+        if proc.returncode == 0:
+            return True, ""
+        tail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        return False, tail[:200]
+
+
+# --------------------------------------------------------------------------- results on disk
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a run killed mid-write leaves a torn last line
+            pass
+    return out
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def load_engine(model: str, quant: str = "auto", threads: int | None = None):
+    """The local engine for `model` (a registered name, .gguf file or Hugging Face folder), no disk cache."""
+    from keystroke.engine.engine import Engine
+    return Engine.load(model, quant=quant, threads=threads, persist=False)
+
+
+def write_json(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
