@@ -1,0 +1,556 @@
+"""A `Backend` that asks a remote serving engine over HTTP instead of running torch here.
+
+It speaks the OpenAI-compatible `/v1/completions` API (vLLM, llama.cpp's
+llama-server, llama-cpp-python's server, TGI, Ollama) with `stream: true`,
+and optionally llama.cpp's native `/infill`. What it sends is what the
+local engine would compute on, as text:
+
+- The prompt is laid out by `fim.build_prompt` (the same order logic as
+  local: plain `header + prefix`, or the FIM template's PSM/SPM order) and
+  rendered with the template tokens' text; the server's tokenizer turns it
+  into tokens (servers parse special-token text in prompts).
+- Stop rules: `stops.StopChecker` reads the streamed text here and closes
+  the stream when it fires; the request's stop strings, max_tokens and
+  sampling parameters are sent too, so the server stops early where it can.
+- `cache_prompt: true` asks llama.cpp to keep the prompt's KV-cache in its
+  slot; vLLM and SGLang reuse cached prefixes on their own once started
+  with prefix caching (`--enable-prefix-caching`).
+
+Cancellation: the request's `is_cancelled` is checked after every streamed
+chunk and by a watcher every 20 ms; either closes the connection, which
+makes the server abort the generation.
+
+Failures: connection errors (and 5xx, 408, 429) are retried with
+exponential backoff; other 4xx are not. A circuit breaker (remote_breaker)
+turns the backend "down" after repeated failures: it then answers at once
+with an error (or from the optional local fallback) and probes the server
+again after a cool-down, recovering by itself.
+
+Privacy: nothing is sent before the first `complete`, and only to the
+configured URL; the API key goes only into the Authorization header. The
+server redacts secrets from the prompt parts before they reach any backend.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from . import fim
+from .api import Backend, Candidate, CompletionRequest, CompletionResult, StopReason, Timings
+from .remote_breaker import CircuitBreaker
+from .remote_http import Client, Endpoint, EventStream, Rejected, RemoteError, Unreachable
+from .stops import StopChecker
+
+log = logging.getLogger("keystroke.engine.remote")
+
+WATCH_INTERVAL_S = 0.02
+PROBE_TIMEOUT_S = 5.0
+LATENCY_WINDOW = 200
+FIM_CHOICES = ("auto", "none", "infill") + tuple(name for name, _, _ in fim.KNOWN_TEMPLATES)
+
+# Model-name hints for "auto" when the server has no tokenize endpoint to ask.
+NAME_HINTS = (("qwen", "coder", "qwen"), ("starcoder", "", "starcoder"), ("codellama", "", "codellama"),
+              ("code-llama", "", "codellama"), ("deepseek", "coder", "deepseek"))
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    url: str
+    model: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    timeout_ms: float = 10_000
+    verify_tls: bool = True
+    fim: str = "auto"               # a template name, "auto", "none" or "infill" (llama.cpp's /infill)
+    cache_prompt: bool = True       # llama.cpp's hint to keep the prompt's KV-cache
+    retries: int = 2                # extra attempts after a connection error
+    backoff_ms: float = 200         # first retry delay; doubles each time
+    failure_threshold: int = 3      # failed requests in a row before the backend is "down"
+    cooldown_ms: float = 5_000      # how long "down" lasts before the next probe
+
+
+# ---------------------------------------------------------------------------
+# Prompt text
+# ---------------------------------------------------------------------------
+
+class _PartsOnly:
+    """A stand-in tokenizer: `fim.build_prompt` then yields only the order of the parts."""
+
+    add_bos = False
+    bos_id = None
+
+    def encode(self, text: str) -> list[int]:
+        return [0]
+
+
+def text_template(name: str, spelling: tuple[str, str, str] | None = None) -> fim.FimTemplate:
+    """The known template `name`, spelled as text (the spelling without SentencePiece's '▁' by default)."""
+    for known, spellings, order in fim.KNOWN_TEMPLATES:
+        if known == name:
+            pre, suf, mid = spelling or next((s for s in spellings if not s[0].startswith("▁")), spellings[0])
+            return fim.FimTemplate(known, pre, suf, mid, order)
+    raise ValueError(f"unknown FIM template {name!r}")
+
+
+def render_prompt(template: fim.FimTemplate | None, header: str, prefix: str, suffix: str) -> str:
+    """The prompt as text, in exactly the order `fim.build_prompt` gives the local engine.
+
+    Without a template it is `header + prefix` (the suffix is only used by the
+    server's post-processing, as locally). BOS is left to the server.
+    """
+    layout = fim.build_prompt(_PartsOnly(), template, header, prefix, suffix)  # type: ignore[arg-type]
+    text = {"header": header, "prefix": prefix, "suffix": suffix, "bos": ""}
+    if template is not None:
+        text.update(fim_prefix=template.prefix, fim_suffix=template.suffix, fim_middle=template.middle)
+    return "".join(text[name] for name, _ in layout.parts)
+
+
+# ---------------------------------------------------------------------------
+# The backend
+# ---------------------------------------------------------------------------
+
+@dataclass
+class _Row:
+    """One candidate being streamed."""
+
+    checker: StopChecker
+    text: str = ""
+    chunks: int = 0
+    reason: StopReason | None = None
+    cut: int | None = None
+
+    @property
+    def final_text(self) -> str:
+        return self.text if self.cut is None else self.text[:self.cut]
+
+
+class _Interrupted(Exception):
+    """Cancelled (or out of time) before any text came; `reached`: the server had answered."""
+
+    def __init__(self, reason: StopReason, reached: bool) -> None:
+        self.reason = reason
+        self.reached = reached
+
+
+class RemoteBackend:
+    """The `Backend` protocol over HTTP. Build it with `backends.make_backend` or directly."""
+
+    def __init__(self, settings: RemoteSettings, *, fallback: Callable[[], Backend] | None = None,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+        if settings.fim not in FIM_CHOICES:
+            raise ValueError(f"engine.fim must be one of {', '.join(FIM_CHOICES)}, not {settings.fim!r}")
+        self.settings = settings
+        self.endpoint = Endpoint.parse(settings.url)
+        if not settings.verify_tls and self.endpoint.scheme == "https":
+            log.warning("TLS verification is off for %s (engine.verifyTls is false): anyone on the network "
+                        "path can read the prompts and the key", self.endpoint.display)
+        if settings.api_key and self.endpoint.scheme == "http" and not _is_loopback(self.endpoint.host):
+            log.warning("the API key is sent in clear text to %s: use https", self.endpoint.display)
+        self.client = Client(self.endpoint, timeout_s=settings.timeout_ms / 1000, api_key=settings.api_key,
+                             verify_tls=settings.verify_tls)
+        self.breaker = CircuitBreaker(settings.failure_threshold, settings.cooldown_ms / 1000,
+                                      max(60.0, settings.cooldown_ms / 1000), clock=clock)
+        self.on_state_change: Callable[[str, str], None] | None = None  # (state, message) for the server
+        self._sleep = sleep
+        self._fallback_factory = fallback
+        self._fallback: Backend | None = None
+        self._fallback_error: str | None = None
+        self._fallback_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._model: str | None = settings.model
+        self._template: fim.FimTemplate | None = None
+        self._fim_source: str | None = None      # how the template was chosen, once it has been
+        self._counters = {"requests": 0, "remote_requests": 0, "failures": 0, "retries": 0,
+                          "rejected": 0, "refused_while_down": 0, "cancelled": 0, "fallback_requests": 0,
+                          "remote_prompt_tokens": 0, "remote_cached_tokens": 0, "decode_tokens": 0}
+        self._first_token_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._total_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+
+    # ------------------------------------------------------------- protocol
+    def complete(self, req: CompletionRequest) -> CompletionResult:
+        t0 = time.perf_counter()
+        self._count("requests")
+        if req.is_cancelled():
+            self._count("cancelled")
+            return CompletionResult([Candidate("", "cancelled")], Timings())
+        if not self.breaker.allow():
+            self._count("refused_while_down")
+            return self._while_down(req, self.breaker.last_error or "it failed before")
+        try:
+            result = self._with_retries(req, t0)
+        except Unreachable as err:
+            self._count("failures")
+            if self.breaker.failure(str(err)):
+                self._announce("down", f"remote engine at {self.endpoint.display} is unreachable: {err}; "
+                                       f"retrying in {self.breaker.cooldown_s:.0f} s")
+            return self._while_down(req, str(err))
+        except Rejected as err:
+            self._count("rejected")
+            self._reached()
+            log.warning("remote engine at %s refused a request: %s", self.endpoint.display, err)
+            return CompletionResult([], Timings(total_ms=_ms_since(t0)),
+                                    error=f"remote engine at {self.endpoint.display} refused the request: {err}")
+        except _Interrupted as stop:
+            if stop.reached:
+                self._reached()
+            else:
+                self.breaker.release()
+            self._count("cancelled")
+            return CompletionResult([Candidate("", stop.reason)], Timings(total_ms=_ms_since(t0)))
+        self._reached()
+        result.timings.total_ms = _ms_since(t0)
+        with self._lock:
+            self._total_ms.append(result.timings.total_ms)
+            if any(c.stop_reason == "cancelled" for c in result.candidates):
+                self._counters["cancelled"] += 1
+        return result
+
+    def info(self) -> dict:
+        s = self.settings
+        return {"backend": "remote", "url": self.endpoint.display, "model": self._model,
+                "fim": "infill" if s.fim == "infill" else (self._template.name if self._template else None),
+                "fim_setting": s.fim, "fim_source": self._fim_source, "state": self.breaker.state,
+                "verify_tls": s.verify_tls, "api_key": bool(s.api_key), "cache_prompt": s.cache_prompt,
+                "timeout_ms": s.timeout_ms, "fallback": self._fallback_factory is not None}
+
+    def stats(self) -> dict:
+        with self._lock:
+            out: dict = dict(self._counters)
+            first, total = list(self._first_token_ms), list(self._total_ms)
+        b = self.breaker
+        out.update(state=b.state, last_error=b.last_error, consecutive_failures=b.failures,
+                   seconds_until_probe=round(b.seconds_until_probe(), 2), times_down=b.times_opened,
+                   first_token_ms=_summary(first), total_ms=_summary(total))
+        if self._fallback is not None:
+            out["fallback"] = self._fallback.stats()
+        return out
+
+    def clear_cache(self) -> None:
+        if self._fallback is not None:
+            self._fallback.clear_cache()
+
+    def close_document(self, doc_id: str) -> None:
+        if self._fallback is not None:
+            self._fallback.close_document(doc_id)
+
+    # -------------------------------------------------------------- requests
+    def _with_retries(self, req: CompletionRequest, t0: float) -> CompletionResult:
+        delay = self.settings.backoff_ms / 1000
+        for attempt in range(self.settings.retries + 1):
+            try:
+                self._prepare()
+                return self._stream_once(req, t0)
+            except Unreachable as err:
+                out_of_time = req.stop.deadline_ms is not None and _ms_since(t0) + delay * 1000 >= req.stop.deadline_ms
+                if attempt == self.settings.retries or out_of_time:
+                    raise
+                log.info("remote engine at %s: %s; retry %d in %.2f s", self.endpoint.display, err,
+                         attempt + 1, delay)
+                self._count("retries")
+                self._wait(delay, req)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _wait(self, seconds: float, req: CompletionRequest) -> None:
+        """Sleep between retries, in steps, giving up early when the request is cancelled."""
+        left = seconds
+        while left > 0:
+            if req.is_cancelled():
+                raise _Interrupted("cancelled", reached=False)
+            step = min(left, WATCH_INTERVAL_S * 5)
+            self._sleep(step)
+            left -= step
+
+    def _request(self, req: CompletionRequest) -> tuple[str, dict]:
+        s, p, st = self.settings, req.sampling, req.stop
+        common: dict = {"temperature": p.temperature, "top_p": p.top_p, "stream": True,
+                        # llama.cpp servers default to a 1.1 repeat penalty: send ours, always
+                        "repeat_penalty": p.repetition_penalty}
+        if p.seed is not None:
+            common["seed"] = p.seed
+        if p.top_k > 0:
+            common["top_k"] = p.top_k
+        if st.stop_strings:
+            common["stop"] = [x for x in st.stop_strings if x]
+        if s.cache_prompt:
+            common["cache_prompt"] = True
+        if s.fim == "infill":
+            body = dict(common, input_prefix=req.header + req.prefix, input_suffix=req.suffix,
+                        n_predict=st.max_tokens)
+            return self.endpoint.root_path("infill"), body
+        body = dict(common, prompt=render_prompt(self._template, req.header, req.prefix, req.suffix),
+                    max_tokens=st.max_tokens, n=max(1, req.n), min_p=0.0)
+        if p.repetition_penalty != 1.0:
+            body["repetition_penalty"] = p.repetition_penalty   # vLLM's and TGI's name
+        if self._model:
+            body["model"] = self._model
+        return self.endpoint.openai_path("completions"), body
+
+    def _stream_once(self, req: CompletionRequest, t0: float) -> CompletionResult:
+        path, body = self._request(req)
+        self._count("remote_requests")
+        timings = Timings()
+        line = req.prefix.rsplit("\n", 1)[-1]
+        rows: dict[int, _Row] = {}
+        deadline = t0 + req.stop.deadline_ms / 1000 if req.stop.deadline_ms else None
+        sent_stops = bool(body.get("stop"))
+        stream = self.client.stream(path, body)
+        watch = _Watcher(stream, req.is_cancelled, deadline)
+        first: float | None = None
+        try:
+            for event in stream:
+                if watch.reason:
+                    break
+                if "error" in event:
+                    raise Rejected(f"the server reported: {_error_text(event['error'])}")
+                for index, piece, finish in _pieces(event):
+                    row = rows.get(index)
+                    if row is None:
+                        row = rows[index] = _Row(StopChecker(req.stop, line))
+                    if row.reason is not None:
+                        continue
+                    if piece:
+                        if first is None:
+                            first = time.perf_counter()
+                        row.text += piece
+                        row.chunks += 1
+                        hit = row.checker.check(row.text)
+                        if hit is not None:
+                            row.reason, row.cut = hit.reason, hit.cut
+                            continue
+                    if finish:
+                        row.reason = _finish_reason(finish, sent_stops)
+                    elif row.chunks >= req.stop.max_tokens:
+                        row.reason = "max_tokens"
+                _read_usage(event, timings)
+                if rows and all(r.reason is not None for r in rows.values()):
+                    break       # every candidate is done: close now, whatever the server would add
+                if req.is_cancelled():
+                    watch.reason = "cancelled"
+                    break
+                if deadline is not None and time.perf_counter() >= deadline:
+                    watch.reason = "deadline"
+                    break
+        finally:
+            watch.stop()
+            stream.close()
+        end = time.perf_counter()
+        if watch.reason and not rows:
+            raise _Interrupted(watch.reason, reached=True)
+        candidates: list[Candidate] = []
+        seen: set[str] = set()
+        for index in sorted(rows):
+            row = rows[index]
+            reason = row.reason or watch.reason or "eos"   # a stream that just ended: the model stopped
+            text = row.final_text
+            if text in seen:
+                continue
+            seen.add(text)
+            candidates.append(Candidate(text, reason, row.chunks))
+        timings.decode_tokens = timings.decode_tokens or sum(r.chunks for r in rows.values())
+        timings.prefill_ms = ((first or end) - t0) * 1000
+        timings.decode_ms = (end - first) * 1000 if first else 0.0
+        with self._lock:
+            if first is not None:
+                self._first_token_ms.append(timings.prefill_ms)
+            self._counters["decode_tokens"] += timings.decode_tokens
+            self._counters["remote_prompt_tokens"] += timings.prompt_tokens
+            self._counters["remote_cached_tokens"] += timings.reused_memory_tokens
+        return CompletionResult(candidates, timings)
+
+    # ------------------------------------------------------- model and FIM
+    def _prepare(self) -> None:
+        """Learn the served model's name and the FIM template, once (needs the server up)."""
+        if self._fim_source is not None:
+            return
+        if self._model is None and self.settings.fim != "infill":
+            try:
+                listing = self.client.get_json(self.endpoint.openai_path("models"), PROBE_TIMEOUT_S)
+                data = listing.get("data") if isinstance(listing, dict) else None
+                if data and isinstance(data[0], dict) and data[0].get("id"):
+                    self._model = str(data[0]["id"])
+            except Rejected:
+                pass        # no model list: send no model name, servers with one model accept that
+        choice = self.settings.fim
+        if choice == "infill":
+            self._template, source = None, "infill"
+        elif choice == "none":
+            self._template, source = None, "setting"
+        elif choice != "auto":
+            self._template, source = text_template(choice), "setting"
+        else:
+            self._template, source = self._detect_template()
+        self._fim_source = source
+        log.info("remote engine at %s: model %s, prompt template %s (%s)", self.endpoint.display,
+                 self._model or "(server default)", self._template.name if self._template else "plain", source)
+
+    def _detect_template(self) -> tuple[fim.FimTemplate | None, str]:
+        """Ask the server's tokenizer which FIM tokens it has; else guess from the model's name."""
+        tokenize = self._tokenizer_probe()
+        if tokenize is not None:
+            base = len(tokenize(""))
+            for name, spellings, _ in fim.KNOWN_TEMPLATES:
+                for spelling in spellings:
+                    if len(tokenize("".join(spelling))) - base == 3:   # each one token: the model has them
+                        return text_template(name, spelling), "tokenizer"
+            return None, "tokenizer"
+        model = (self._model or "").lower()
+        for a, b, name in NAME_HINTS:
+            if a in model and b in model:
+                return text_template(name), "model name"
+        return None, "default"
+
+    def _tokenizer_probe(self) -> Callable[[str], list] | None:
+        """A function text -> token list through whichever tokenize endpoint the server has."""
+        model = {"model": self._model} if self._model else {}
+        candidates = (
+            (self.endpoint.root_path("tokenize"), lambda s: {"content": s}),                 # llama-server
+            (self.endpoint.root_path("tokenize"), lambda s: dict(model, prompt=s)),          # vLLM
+            (self.endpoint.root_path("extras/tokenize"), lambda s: dict(model, input=s)),    # llama-cpp-python
+        )
+        for path, make in candidates:
+            def call(text: str, path: str = path, make: Callable = make) -> list:
+                answer = self.client.post_json(path, make(text), PROBE_TIMEOUT_S)
+                tokens = answer.get("tokens") if isinstance(answer, dict) else None
+                if not isinstance(tokens, list):
+                    raise Rejected(f"{path} gave no token list")
+                return tokens
+            try:
+                call("x")
+                return call
+            except RemoteError as err:
+                if isinstance(err, Unreachable) and not err.status:
+                    raise       # the server is gone, not just lacking this endpoint
+                continue
+        return None
+
+    # ------------------------------------------------------------ down / up
+    def _reached(self) -> None:
+        if self.breaker.success():
+            self._announce("up", f"remote engine at {self.endpoint.display} is reachable again")
+
+    def _announce(self, state: str, message: str) -> None:
+        (log.warning if state == "down" else log.info)("%s", message)
+        if self.on_state_change is not None:
+            try:
+                self.on_state_change(state, message)
+            except Exception:  # noqa: BLE001 - a listener must not break completions
+                log.exception("remote state listener failed")
+
+    def _while_down(self, req: CompletionRequest, why: str) -> CompletionResult:
+        message = f"remote engine at {self.endpoint.display} is unreachable: {why}"
+        local = self._local()
+        if local is None:
+            if self._fallback_error:
+                message += f"; the local fallback could not load: {self._fallback_error}"
+            return CompletionResult([], Timings(), error=message)
+        self._count("fallback_requests")
+        return local.complete(req)
+
+    def _local(self) -> Backend | None:
+        if self._fallback_factory is None or self._fallback_error is not None:
+            return self._fallback
+        with self._fallback_lock:
+            if self._fallback is None and self._fallback_error is None:
+                try:
+                    log.info("loading the local fallback engine while %s is down", self.endpoint.display)
+                    self._fallback = self._fallback_factory()
+                except Exception as err:  # noqa: BLE001 - reported with the remote's error
+                    self._fallback_error = str(err) or type(err).__name__
+                    log.warning("the local fallback engine could not load: %s", self._fallback_error)
+        return self._fallback
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counters[name] += 1
+
+
+class _Watcher:
+    """Closes a stream from another thread when the request is cancelled or its deadline passes,
+    so a read blocked on a silent server (a long prefill) returns within WATCH_INTERVAL_S."""
+
+    def __init__(self, stream: EventStream, is_cancelled: Callable[[], bool], deadline: float | None) -> None:
+        self.reason: StopReason | None = None
+        self._stream = stream
+        self._is_cancelled = is_cancelled
+        self._deadline = deadline
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="keystroke-remote-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(WATCH_INTERVAL_S):
+            try:
+                cancelled = self._is_cancelled()
+            except Exception:  # noqa: BLE001
+                cancelled = False
+            if cancelled or (self._deadline is not None and time.perf_counter() >= self._deadline):
+                self.reason = "cancelled" if cancelled else "deadline"
+                self._stream.abort()
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+
+
+def _pieces(event: dict) -> Iterator[tuple[int, str, str | None]]:
+    """(candidate index, new text, finish reason or None) from one event of either API."""
+    choices = event.get("choices")
+    if isinstance(choices, list):
+        for c in choices:
+            if isinstance(c, dict):
+                yield int(c.get("index") or 0), str(c.get("text") or ""), c.get("finish_reason")
+        return
+    if "content" in event:     # llama.cpp's native /infill and /completion
+        finish = (event.get("stop_type") or "eos") if event.get("stop") else None
+        yield 0, str(event.get("content") or ""), finish
+
+
+def _finish_reason(finish: str, sent_stops: bool) -> StopReason:
+    if finish in ("length", "limit"):
+        return "max_tokens"
+    if finish == "word" or (finish == "stop" and sent_stops):
+        return "stop_string"     # with stop strings sent, "stop" may be either; say the likelier
+    return "eos"
+
+
+def _read_usage(event: dict, timings: Timings) -> None:
+    usage = event.get("usage")
+    if isinstance(usage, dict):
+        timings.prompt_tokens = int(usage.get("prompt_tokens") or timings.prompt_tokens)
+        timings.decode_tokens = int(usage.get("completion_tokens") or timings.decode_tokens)
+    t = event.get("timings")      # llama.cpp: how much of the prompt its KV-cache already held
+    if isinstance(t, dict) and "prompt_n" in t:
+        cached, computed = int(t.get("cache_n") or 0), int(t.get("prompt_n") or 0)
+        timings.reused_memory_tokens, timings.computed_tokens = cached, computed
+        timings.prompt_tokens = timings.prompt_tokens or cached + computed
+
+
+def _error_text(err: object) -> str:
+    if isinstance(err, dict):
+        return str(err.get("message") or err)[:300]
+    return str(err)[:300]
+
+
+def _summary(values: list[float]) -> dict:
+    if not values:
+        return {"count": 0}
+    ordered = sorted(values)
+    return {"count": len(values), "p50": round(statistics.median(ordered), 1),
+            "p95": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1),
+            "mean": round(sum(ordered) / len(ordered), 1)}
+
+
+def _ms_since(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+__all__ = ["RemoteBackend", "RemoteSettings", "RemoteError", "render_prompt", "text_template"]
