@@ -25,7 +25,9 @@ the all-minus-off difference with a paired bootstrap interval.
     python3 scripts/eval_completion.py --sources off,all --kinds crossfile
 
 Results go to artifacts/eval/ as JSON lines (one per task and
-configuration; a rerun with the same arguments resumes) and a summary JSON.
+configuration; a rerun with the same model, seed and budget reuses them, so
+a larger --tasks or more --sources only computes what is new) and a
+summary JSON.
 """
 from __future__ import annotations
 
@@ -319,10 +321,10 @@ def make_task(kind: str, src: SourceFile, p: Parsed, cand: tuple, index: int) ->
 def sample_tasks(files: list[SourceFile], kinds: tuple[str, ...], per_kind: int, seed: int) -> list[Task]:
     """`per_kind` tasks of each kind, spread over origins in turn and over files (one candidate per visit).
 
-    Deterministic for a given seed and corpus; tasks of all kinds are interleaved so that a partial
-    run still covers every kind.
+    Deterministic for a given seed and corpus, and stable as `per_kind` grows (the first n tasks of a
+    kind are the same for any larger n, whatever other kinds are asked for), so runs of different sizes
+    share results. Tasks of all kinds are interleaved so that a partial run still covers every kind.
     """
-    rng = random.Random(seed)
     by_origin: dict[str, list[SourceFile]] = {}
     for f in files:
         by_origin.setdefault(f.origin, []).append(f)
@@ -330,6 +332,7 @@ def sample_tasks(files: list[SourceFile], kinds: tuple[str, ...], per_kind: int,
     memo: dict[Path, set[str]] = {}
     per_kind_tasks: dict[str, list[Task]] = {}
     for kind in kinds:
+        rng = random.Random(f"{seed}/{kind}")
         orders = {o: rng.sample(fs, len(fs)) for o, fs in sorted(by_origin.items())}
         used: set[tuple] = set()
         tasks: list[Task] = []
@@ -368,7 +371,7 @@ def sample_tasks(files: list[SourceFile], kinds: tuple[str, ...], per_kind: int,
         per_kind_tasks[kind] = tasks
     for kind, tasks in per_kind_tasks.items():
         for t in tasks:
-            t.others = _open_documents(t, rng)
+            t.others = _open_documents(t, random.Random(f"{seed}/{t.id}"))
     out = []
     for i in range(max((len(t) for t in per_kind_tasks.values()), default=0)):
         out += [ts[i] for ts in per_kind_tasks.values() if i < len(ts)]
@@ -535,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
             files += package_files(site, name)
     tasks = sample_tasks(files, args.kind_list, args.tasks, args.seed)
     model_tag = re.sub(r"[^\w.-]+", "_", Path(args.model).name)
-    out = args.out or evalkit.ARTIFACTS / f"completion-{model_tag}-seed{args.seed}-n{args.tasks}-b{budget}.jsonl"
+    out = args.out or evalkit.ARTIFACTS / f"completion-{model_tag}-seed{args.seed}-b{budget}.jsonl"
     if args.fresh and out.exists():
         out.unlink()
     done = {(r["task"], r["config"]): r for r in evalkit.read_jsonl(out)}
