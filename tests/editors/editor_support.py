@@ -32,11 +32,24 @@ def circle_circumference(radius):
     return 
 
 
+def is_even(n):
+    """Return True when the integer n is even, False otherwise."""
+    raise NotImplementedError
+
+
+def square_area(side):
+    return side * side
+
+
 if __name__ == "__main__":
     print(circle_area(2.0))
 '''
 # 1-based line of SAMPLE that ends with "return " (the first place tests type).
 RETURN_LINE = SAMPLE.splitlines().index("    return ") + 1
+# 1-based line of the stub body that "Implement function" replaces.
+STUB_LINE = SAMPLE.splitlines().index("    raise NotImplementedError") + 1
+# 1-based line of a def without a docstring ("Write docstring").
+NO_DOC_LINE = SAMPLE.splitlines().index("def square_area(side):") + 1
 
 
 def require_tool(name: str, path: str | Path | None = None) -> str:
