@@ -44,7 +44,9 @@ class RMSNorm(nn.Module):
 
 def rope_inv_freq(cfg: ModelConfig, theta: float) -> torch.Tensor:
     inv = 1.0 / (theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))
-    rs = cfg.rope_scaling or {}
+    # Gemma 3 scales only its global layers; the local ones keep their own base unscaled.
+    local = cfg.rope_local_theta is not None and theta == cfg.rope_local_theta
+    rs = {} if local else (cfg.rope_scaling or {})
     kind = rs.get("rope_type") or rs.get("type")
     if kind == "llama3":
         # Llama 3.x: stretch low frequencies, keep high ones, blend between.

@@ -1,0 +1,281 @@
+"""Replay typing in real files and time each completion, as an editor would ask for them.
+
+    python scripts/bench_keystroke.py [--model gemma3-270m] [--chars 120] [--edits 60]
+
+Two traces over code no one here wrote:
+
+- typing: a function of a standard-library module is removed and typed back
+  character by character; after every character the editor asks for a
+  single-line suggestion at the cursor (ghost text, greedy, <= 16 tokens).
+- edits: the diff between two released versions of a real package
+  (`six` 1.15.0 -> 1.16.0, fetched with pip and checked by sha256): each
+  hunk's old lines are deleted and its new lines typed, mid-file, with a
+  request after every 4th character.
+
+Each trace runs, every configuration in its own subprocess (so RSS is its
+own), with the same prompts:
+
+- keystroke: the engine with its per-document KV-cache and typing-through;
+- no-cache: the same engine, every request from scratch;
+- llama.cpp: llama-cpp-python on the same GGUF, same threads, whose
+  `generate` reuses the longest common token prefix with its last prompt
+  (llama.cpp server's `cache_prompt`);
+- lsp: keystroke through `keystroke serve` over stdio (didChange, then
+  textDocument/inlineCompletion), to show the server's own overhead.
+
+Prompts are built by the server's context pipeline (keystroke.server.context)
+for the document at the cursor. Reported: p50/p95 latency to the
+suggestion, tokens computed vs reused per request, typing-through hits,
+peak RSS, and ratios against the no-cache run and llama.cpp.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import hashlib
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+TYPING_FILE = STDLIB / "textwrap.py"
+TYPING_FUNCTION = "def indent(text, prefix, predicate=None):"
+EDIT_PACKAGE = "six"
+EDIT_VERSIONS = {  # version -> sha256 of the wheel on PyPI
+    "1.15.0": "8b74bedcbbbaca38ff6d7491d76f2b06b3592611af620f8426e82dddb04a5ced",
+    "1.16.0": "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254",
+}
+MAX_TOKENS = 16
+
+
+# ----------------------------------------------------------------- traces
+def typing_trace(chars: int) -> list[tuple[str, int]]:
+    """(text, cursor) after each typed character of a stdlib function."""
+    src = TYPING_FILE.read_text()
+    start = src.index(TYPING_FUNCTION)
+    end = src.index("\n\n\n", start)
+    body = src[start:end][:chars]
+    base = src[:start] + src[end:]
+    return [(base[:start] + body[:i] + base[start:], start + i) for i in range(1, len(body) + 1)]
+
+
+def _six_source(version: str, workdir: Path) -> str:
+    wheel = workdir / f"six-{version}-py2.py3-none-any.whl"
+    if not wheel.exists():
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                        f"six=={version}", "-d", str(workdir)], check=True, capture_output=True)
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    if digest != EDIT_VERSIONS[version]:
+        raise SystemExit(f"{wheel.name}: sha256 {digest} is not the pinned one")
+    with zipfile.ZipFile(wheel) as z:
+        return z.read("six.py").decode()
+
+
+def edit_trace(max_requests: int, workdir: Path) -> list[tuple[str, int]]:
+    """(text, cursor) while replaying six 1.15.0 -> 1.16.0, hunk by hunk, typing the new lines."""
+    old, new = (_six_source(v, workdir) for v in EDIT_VERSIONS)
+    a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
+    lines = list(a)
+    steps: list[tuple[str, int]] = []
+    shift = 0
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag == "equal":
+            continue
+        at = i1 + shift
+        del lines[at:at + (i2 - i1)]
+        typed = "".join(b[j1:j2])
+        head = "".join(lines[:at])
+        tail = "".join(lines[at:])
+        for k in range(1, len(typed) + 1):
+            if k % 4 == 0 or k == len(typed):
+                steps.append((head + typed[:k] + tail, len(head) + k))
+        lines[at:at] = b[j1:j2]
+        shift += (j2 - j1) - (i2 - i1)
+        if len(steps) >= max_requests:
+            break
+    assert "".join(lines[:]) != old
+    return steps[:max_requests]
+
+
+# -------------------------------------------------------------- prompting
+def prompt_parts(text: str, cursor: int, uri: str, count_tokens) -> tuple[str, str, str]:
+    from keystroke.server.context import ContextConfig, DocumentView, build_context
+    doc = DocumentView(uri=uri, text=text, language_id="python", path=None)
+    parts = build_context(doc, cursor, [], config=ContextConfig(), count_tokens=count_tokens, workspace_root=None)
+    return parts.header, parts.prefix, parts.suffix
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------ one config
+def run_engine(trace, model: str, threads: int, use_cache: bool) -> dict:
+    from keystroke.engine import CompletionRequest, StopPolicy
+    from keystroke.engine.engine import Engine
+    engine = Engine.load(model, threads=threads, persist=False)
+    count = _token_counter(engine.tokenizer.encode)
+    rows = []
+    for text, cursor in trace:
+        header, prefix, suffix = prompt_parts(text, cursor, "file:///bench.py", count)
+        req = CompletionRequest(doc_id="file:///bench.py", header=header, prefix=prefix, suffix=suffix,
+                                stop=StopPolicy(max_tokens=MAX_TOKENS, mode="line"), use_cache=use_cache)
+        t = time.perf_counter()
+        r = engine.complete(req)
+        ms = (time.perf_counter() - t) * 1000
+        rows.append({"ms": ms, "computed": r.timings.computed_tokens, "reused": r.timings.reused_tokens,
+                     "typed_through": r.timings.typed_through, "text": r.text})
+    return {"rows": rows, "rss_mb": rss_mb()}
+
+
+def run_llama_cpp(trace, model: str, threads: int) -> dict:
+    from llama_cpp import Llama
+
+    from keystroke.engine.registry import resolve
+    llm = Llama(model_path=str(resolve(model)), n_ctx=4096, n_batch=512, n_threads=threads,
+                n_threads_batch=threads, verbose=False)
+    count = _token_counter(lambda s: llm.tokenize(s.encode(), add_bos=False))
+    rows = []
+    for text, cursor in trace:
+        header, prefix, _suffix = prompt_parts(text, cursor, "file:///bench.py", count)
+        tokens = llm.tokenize((header + prefix).encode(), add_bos=True, special=False)
+        reused = 0
+        for x, y in zip(llm._input_ids.tolist(), tokens):
+            if x != y:
+                break
+            reused += 1
+        reused = min(reused, len(tokens) - 1)
+        t = time.perf_counter()
+        out = llm.create_completion(tokens, max_tokens=MAX_TOKENS, temperature=0.0, stop=["\n"])
+        ms = (time.perf_counter() - t) * 1000
+        rows.append({"ms": ms, "computed": len(tokens) - reused, "reused": reused, "typed_through": False,
+                     "text": out["choices"][0]["text"]})
+    return {"rows": rows, "rss_mb": rss_mb()}
+
+
+def run_lsp(trace, model: str, threads: int) -> dict:
+    """The same requests through `keystroke serve` over stdio, timed at the client."""
+    from keystroke.server.lspbench import replay_over_lsp
+    rows = replay_over_lsp(trace, model=model, threads=threads, max_tokens=MAX_TOKENS)
+    return {"rows": rows, "rss_mb": None}
+
+
+def _token_counter(encode):
+    cache: dict[str, int] = {}
+
+    def count(s: str) -> int:
+        n = cache.get(s)
+        if n is None:
+            n = cache[s] = len(encode(s))
+        return n
+    return count
+
+
+# ------------------------------------------------------------------ report
+def summarize(name: str, result: dict) -> dict:
+    rows = result["rows"]
+    ms = sorted(r["ms"] for r in rows)
+    p95 = ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))]
+    return {"config": name, "requests": len(rows), "p50_ms": statistics.median(ms), "p95_ms": p95,
+            "computed_median": statistics.median(r["computed"] for r in rows),
+            "computed_mean": statistics.fmean(r["computed"] for r in rows),
+            "reused_mean": statistics.fmean(r["reused"] for r in rows),
+            "typed_through": sum(r["typed_through"] for r in rows), "rss_mb": result.get("rss_mb")}
+
+
+def child(args) -> int:
+    torch_threads = args.threads
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
+    workdir = Path(args.workdir)
+    trace = typing_trace(args.chars) if args.trace == "typing" else edit_trace(args.edits, workdir)
+    if args.config == "keystroke":
+        res = run_engine(trace, args.model, args.threads, use_cache=True)
+    elif args.config == "no-cache":
+        res = run_engine(trace, args.model, args.threads, use_cache=False)
+    elif args.config == "llama.cpp":
+        res = run_llama_cpp(trace, args.model, args.threads)
+    else:
+        res = run_lsp(trace, args.model, args.threads)
+    Path(args.out).write_text(json.dumps(res))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="gemma3-270m")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--chars", type=int, default=120, help="characters typed in the typing trace")
+    ap.add_argument("--edits", type=int, default=60, help="requests in the edit trace")
+    ap.add_argument("--traces", nargs="+", default=["typing", "edits"])
+    ap.add_argument("--configs", nargs="+", default=["keystroke", "no-cache", "llama.cpp", "lsp"])
+    ap.add_argument("--json", default=None, help="write all results here")
+    # internal: one configuration in a child process
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    ap.add_argument("--trace", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return child(args)
+
+    workdir = Path(tempfile.mkdtemp(prefix="keystroke-bench-"))
+    print(f"model {args.model}, {args.threads} threads, max {MAX_TOKENS} tokens per suggestion, line mode")
+    all_results = {}
+    for trace in args.traces:
+        summaries = []
+        for config in args.configs:
+            if config == "llama.cpp":
+                try:
+                    import llama_cpp  # noqa: F401
+                except ImportError:
+                    print("llama-cpp-python is not installed: no llama.cpp row "
+                          "(pip install 'llama-cpp-python==0.3.36' builds it from source)")
+                    continue
+            out = workdir / f"{trace}-{config}.json"
+            cmd = [sys.executable, __file__, "--child", "--config", config, "--trace", trace, "--out", str(out),
+                   "--workdir", str(workdir), "--model", args.model, "--threads", str(args.threads),
+                   "--chars", str(args.chars), "--edits", str(args.edits)]
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"{trace}/{config} failed:\n{proc.stderr[-3000:]}")
+                continue
+            res = json.loads(out.read_text())
+            summaries.append(summarize(config, res))
+            all_results[f"{trace}/{config}"] = res
+            print(f"  {trace}/{config}: {len(res['rows'])} requests in {time.perf_counter() - t:.0f}s", flush=True)
+        print_table(trace, summaries)
+    if args.json:
+        Path(args.json).write_text(json.dumps(all_results))
+    return 0
+
+
+def print_table(trace: str, summaries: list[dict]) -> None:
+    by = {s["config"]: s for s in summaries}
+    base, ref = by.get("no-cache"), by.get("llama.cpp")
+    print(f"\n### {trace} trace\n")
+    print("| config | requests | p50 ms | p95 ms | tokens computed (median / mean) | reused (mean) | "
+          "typed-through | peak RSS MB | p50 vs no-cache | p50 vs llama.cpp |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for s in summaries:
+        vs_base = f"{s['p50_ms'] / base['p50_ms']:.2f}x" if base else "-"
+        vs_ref = f"{s['p50_ms'] / ref['p50_ms']:.2f}x" if ref else "-"
+        rss = f"{s['rss_mb']:.0f}" if s["rss_mb"] else "-"
+        print(f"| {s['config']} | {s['requests']} | {s['p50_ms']:.0f} | {s['p95_ms']:.0f} | "
+              f"{s['computed_median']:.0f} / {s['computed_mean']:.1f} | {s['reused_mean']:.0f} | "
+              f"{s['typed_through']} | {rss} | {vs_base} | {vs_ref} |")
+    print()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
