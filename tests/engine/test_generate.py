@@ -203,9 +203,10 @@ def test_stop_string_cuts_the_text():
 
 
 def test_block_mode_with_the_cursor_line():
-    out, _ = run([ids("return a\n    b = 1\n")], line_before_cursor="    ",
+    out, _ = run([ids("a = 1\n    b = 2\nc = 3\n")], line_before_cursor="    ",
                  stop=StopPolicy(mode="block"))
-    assert out[0].text == "return a" and out[0].stop_reason == "block"
+    # a blank body line: the block is the rest of the body, it ends at the dedent
+    assert out[0].text == "a = 1\n    b = 2" and out[0].stop_reason == "block"
 
 
 def test_repetition_stop():
