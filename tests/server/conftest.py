@@ -27,17 +27,7 @@ def tiny_model(path: Path, family: str = "llama") -> Path:
     return make_tiny_model_dir(path, family=family, seed=0)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
 def serve_command(model: str | Path, log_file: Path, *extra: str) -> list[str]:
-    if str(model) == "fake":   # STAND-IN, see FakeBackend
-        launcher = log_file.parent / "fake_launcher.py"
-        launcher.write_text(FAKE_LAUNCHER.format(here=str(Path(__file__).parent)))
-        return [sys.executable, str(launcher), "serve", "--model", "fake",
-                "--log-file", str(log_file), "--log-level", "debug", *extra]
     return [sys.executable, "-m", "keystroke.server.cli", "serve", "--model", str(model),
             "--log-file", str(log_file), "--log-level", "debug", *extra]
 
@@ -192,64 +182,6 @@ def assert_clean_log(text: str) -> None:
 
 
 # ---------------------------------------------------------------------------
-# STAND-IN until the Engine can load models (engine/loader.py): a Backend
-# that "decodes" one character-token every few milliseconds and honours
-# is_cancelled. Remove once the tiny real model runs.
-# ---------------------------------------------------------------------------
-
-class FakeBackend:
-    TOKEN_S = 0.01
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.cancelled = 0
-
-    def complete(self, req):
-        import time
-        from keystroke.engine.api import Candidate, CompletionResult, Timings
-        self.requests += 1
-        line = req.prefix.rsplit("\n", 1)[-1]
-        slow = "slow" in req.prefix[-200:]
-        outs = []
-        for i in range(max(1, req.n)):
-            text = f" + {len(line)}{'' if i == 0 else i}\n    pass"
-            out, reason = "", "eos"
-            steps = text if not slow else "x" * 2000
-            for ch in steps:
-                if req.is_cancelled():
-                    reason = "cancelled"
-                    self.cancelled += 1
-                    break
-                time.sleep(self.TOKEN_S)
-                out += ch
-            outs.append(Candidate(out if reason != "cancelled" else "", reason, len(out)))
-        return CompletionResult(outs, Timings(prompt_tokens=len(req.prefix), computed_tokens=len(req.prefix)))
-
-    def info(self):
-        return {"model": "fake", "device": "cpu", "dtype": "float32"}
-
-    def stats(self):
-        return {"requests": self.requests, "cancelled": self.cancelled}
-
-    def clear_cache(self):
-        pass
-
-    def close_document(self, doc_id):
-        pass
-
-
-FAKE_LAUNCHER = """
-import sys
-sys.path.insert(0, {here!r})
-import conftest
-import keystroke.server.lsp as lsp
-lsp.load_backend = lambda config, quant='auto': conftest.FakeBackend()
-from keystroke.server.cli import main
-sys.exit(main())
-"""
-
-
-# ---------------------------------------------------------------------------
 # A raw JSON-RPC client (blocking), for what a well-behaved client never sends
 # ---------------------------------------------------------------------------
 
@@ -269,12 +201,18 @@ class RawClient:
         self._unanswered: "queue.Queue" = queue.Queue()
         threading.Thread(target=self._reader, daemon=True).start()
 
+    def _read_chunk(self) -> bytes:
+        try:
+            return self._read(65536)
+        except OSError:   # the socket or pipe was closed under us
+            return b""
+
     def _reader(self) -> None:
         buf = b""
         try:
             while True:
                 while b"\r\n\r\n" not in buf:
-                    chunk = self._read(65536)
+                    chunk = self._read_chunk()
                     if not chunk:
                         return
                     buf += chunk
@@ -282,7 +220,7 @@ class RawClient:
                 length = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0]
                              .split(b":")[1])
                 while len(buf) < length:
-                    chunk = self._read(65536)
+                    chunk = self._read_chunk()
                     if not chunk:
                         return
                     buf += chunk
@@ -384,27 +322,14 @@ def wait_ready_raw(client: RawClient, timeout: float = 180.0) -> dict:
         time.sleep(0.1)
 
 
-def engine_can_load() -> bool:
-    """STAND-IN switch: False while engine/engine.py cannot be imported yet."""
-    try:
-        import keystroke.engine.engine  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="session")
 def model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The model the end-to-end tests serve: a tiny random-weight model."""
-    if not engine_can_load():
-        return "fake"   # STAND-IN until the engine can load models
+    """The model the end-to-end tests serve: a tiny random-weight Llama."""
     return str(tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
 
 @pytest.fixture(scope="session")
 def reference_backend(model: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The same model loaded in this process, to derive what the server must answer."""
-    if model == "fake":
-        return FakeBackend()
     from keystroke.engine.engine import Engine
     return Engine.load(model, cache_dir=tmp_path_factory.mktemp("refcache"), persist=False)

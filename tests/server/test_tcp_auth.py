@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from conftest import RawClient, assert_clean_log, serve_command, wait_ready_raw
 
