@@ -76,7 +76,6 @@ def redact(text: str) -> str:
 # ---------------------------------------------------------------------------
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-_LINE_BREAKS = "\r\n"
 
 
 def clean_text(text: str) -> str:
@@ -933,7 +932,7 @@ def guarded(empty: Any = None) -> Callable:
     return wrap
 
 
-CODE_ACTION_KINDS = [types.CodeActionKind.RefactorRewrite, types.CodeActionKind.QuickFix]
+CODE_ACTION_KINDS = [types.CodeActionKind.RefactorRewrite]
 
 
 def create_server(config: Config | None = None, *, quant: str = "auto",
