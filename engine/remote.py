@@ -109,6 +109,37 @@ def render_prompt(template: fim.FimTemplate | None, header: str, prefix: str, su
     return "".join(text[name] for name, _ in layout.parts)
 
 
+def hold_back_space(template: fim.FimTemplate | None, prefix: str) -> tuple[str, str]:
+    """(prefix to send, trailing spaces/tabs held back): text-level token healing for whitespace.
+
+    BPE and SentencePiece vocabularies glue a space to the word after it
+    (" uni", "▁return"), so a prompt that ends in spaces (the cursor after
+    indentation, or after `= `) ends on a token the model rarely saw there.
+    The local engine heals the last token; a remote tokenizer is out of
+    reach, so the whitespace run is left out of the prompt and expected at
+    the start of the completion instead (see `unheal`). Only where the prefix
+    ends the prompt (plain and SPM; not PSM or /infill), as locally.
+    """
+    if template is not None and template.order == "psm":
+        return prefix, ""
+    body = prefix.rstrip(" \t")
+    return body, prefix[len(body):]
+
+
+def unheal(raw: str, held: str) -> str | None:
+    """The completion at the cursor from the text generated after the held-back whitespace.
+
+    None while `raw` is still a prefix of `held` (not decided yet). When the
+    model wrote other whitespace than the user's (a different indentation),
+    its leading spaces and tabs are dropped: the cursor already has the user's.
+    """
+    if not held or raw.startswith(held):
+        return raw[len(held):]
+    if held.startswith(raw):
+        return None
+    return raw.lstrip(" \t")
+
+
 # ---------------------------------------------------------------------------
 # The backend
 # ---------------------------------------------------------------------------
@@ -118,7 +149,9 @@ class _Row:
     """One candidate being streamed."""
 
     checker: StopChecker
-    text: str = ""
+    held: str = ""      # whitespace left out of the prompt, expected first
+    raw: str = ""       # what the server sent
+    text: str = ""      # the completion at the cursor so far
     chunks: int = 0
     reason: StopReason | None = None
     cut: int | None = None
@@ -282,7 +315,8 @@ class RemoteBackend:
             body = dict(common, input_prefix=req.header + req.prefix, input_suffix=req.suffix,
                         n_predict=st.max_tokens)
             return self.endpoint.root_path("infill"), body
-        body = dict(common, prompt=render_prompt(self._template, req.header, req.prefix, req.suffix),
+        prefix, _ = hold_back_space(self._template, req.prefix)
+        body = dict(common, prompt=render_prompt(self._template, req.header, prefix, req.suffix),
                     max_tokens=st.max_tokens, n=max(1, req.n), min_p=0.0)
         if p.repetition_penalty != 1.0:
             body["repetition_penalty"] = p.repetition_penalty   # vLLM's and TGI's name
@@ -295,6 +329,7 @@ class RemoteBackend:
         self._count("remote_requests")
         timings = Timings()
         line = req.prefix.rsplit("\n", 1)[-1]
+        held = "" if self.settings.fim == "infill" else hold_back_space(self._template, req.prefix)[1]
         rows: dict[int, _Row] = {}
         deadline = t0 + req.stop.deadline_ms / 1000 if req.stop.deadline_ms else None
         sent_stops = bool(body.get("stop"))
@@ -310,18 +345,21 @@ class RemoteBackend:
                 for index, piece, finish in _pieces(event):
                     row = rows.get(index)
                     if row is None:
-                        row = rows[index] = _Row(StopChecker(req.stop, line))
+                        row = rows[index] = _Row(StopChecker(req.stop, line), held)
                     if row.reason is not None:
                         continue
                     if piece:
                         if first is None:
                             first = time.perf_counter()
-                        row.text += piece
+                        row.raw += piece
                         row.chunks += 1
-                        hit = row.checker.check(row.text)
-                        if hit is not None:
-                            row.reason, row.cut = hit.reason, hit.cut
-                            continue
+                        text = unheal(row.raw, row.held)
+                        if text is not None:
+                            row.text = text
+                            hit = row.checker.check(text)
+                            if hit is not None:
+                                row.reason, row.cut = hit.reason, hit.cut
+                                continue
                     if finish:
                         row.reason = _finish_reason(finish, sent_stops)
                     elif row.chunks >= req.stop.max_tokens:
@@ -553,4 +591,5 @@ def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-__all__ = ["RemoteBackend", "RemoteSettings", "RemoteError", "render_prompt", "text_template"]
+__all__ = ["RemoteBackend", "RemoteSettings", "RemoteError", "hold_back_space", "render_prompt", "text_template",
+           "unheal"]

@@ -24,7 +24,8 @@ from keystroke.engine import fim
 from keystroke.engine.api import CompletionRequest, CompletionResult, SamplingParams, StopPolicy
 from keystroke.engine.backends import make_backend, read_api_key
 from keystroke.engine.errors import KeystrokeError
-from keystroke.engine.remote import RemoteBackend, RemoteSettings, render_prompt, text_template
+from keystroke.engine.remote import (RemoteBackend, RemoteSettings, hold_back_space, render_prompt, text_template,
+                                     unheal)
 from keystroke.engine.remote_breaker import CircuitBreaker
 from keystroke.engine.remote_http import Endpoint
 
@@ -202,6 +203,29 @@ def test_rendered_prompt_is_the_local_layout_as_text(name):
         assert expected.endswith(suffix + template.middle)
 
 
+def test_trailing_whitespace_is_held_back_and_expected_first():
+    qwen, starcoder = text_template("qwen"), text_template("starcoder")
+    assert hold_back_space(None, "def f():\n    ") == ("def f():\n", "    ")
+    assert hold_back_space(starcoder, "x = ") == ("x =", " ")           # SPM: the prefix ends the prompt
+    assert hold_back_space(qwen, "x = ") == ("x = ", "")                # PSM: the cursor is not at the end
+    assert hold_back_space(None, "x") == ("x", "")
+    assert unheal("      return x", "    ") == "  return x"             # the model indents further
+    assert unheal("  ", "    ") is None                                  # undecided yet
+    assert unheal("  y", "    ") == "y"                                  # other indentation: the cursor's stays
+    assert unheal("\n", " ") == "\n"
+    assert unheal("abc", "") == "abc"
+
+
+def test_indentation_is_not_typed_twice(serve):
+    server = serve(stream_texts(["\n", "       ", " return", " a", "\n"]))
+    r = backend_for(server.url).complete(req("def f(a):\n    if a:\n        ", mode="line"))
+    assert server.posts()[0]["prompt"] == "def f(a):\n    if a:\n"
+    assert (r.text, r.candidates[0].stop_reason) == ("", "line")        # the model ended the line at once
+    server2 = serve(stream_texts(["       ", " return", " a", "\n"]))
+    r = backend_for(server2.url).complete(req("def f(a):\n    if a:\n        ", mode="line"))
+    assert (r.text, r.candidates[0].stop_reason) == ("return a", "line")
+
+
 def test_codellama_text_spelling_has_no_sentencepiece_marker():
     assert text_template("codellama").prefix == "<PRE>"
     with pytest.raises(ValueError):
@@ -224,13 +248,13 @@ def test_endpoint_paths():
 # ---------------------------------------------------------------------------
 
 def test_streams_text_and_sends_the_request_fields(serve):
-    server = serve(stream_texts(["1", " +", " 2"], finish="stop"))
+    server = serve(stream_texts([" 1", " +", " 2"], finish="stop"))
     b = backend_for(server.url, model="coder")
     r = b.complete(req("x = ", sampling=SamplingParams(temperature=0.2, top_p=0.9, top_k=20, seed=7),
                        max_tokens=16, stop=StopPolicy(max_tokens=16, stop_strings=("\n\n",))))
     assert r.error is None and r.text == "1 + 2" and r.candidates[0].stop_reason == "stop_string"
     (body,) = server.posts()
-    assert body["prompt"] == "x = " and body["stream"] is True and body["model"] == "coder"
+    assert body["prompt"] == "x =" and body["stream"] is True and body["model"] == "coder"   # space held back
     assert (body["max_tokens"], body["temperature"], body["top_p"], body["top_k"], body["seed"]) == (16, 0.2, 0.9, 20, 7)
     assert body["stop"] == ["\n\n"] and body["cache_prompt"] is True and body["repeat_penalty"] == 1.0
     assert body["n"] == 1
