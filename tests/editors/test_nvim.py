@@ -52,17 +52,22 @@ def insert_at(lines: list[str], row: int, col: int, text: str) -> list[str]:
     return apply_edit(lines, {"start": {"line": row, "character": col}, "end": {"line": row, "character": col}}, text)
 
 
-def check_shown_is_served(step: dict) -> str:
-    """The ghost text is the server's item minus what is already typed; returns it."""
-    items, before, ghost = step["items"], step["before"], step["ghost"]
-    assert items, f"{step['name']}: ghost text without a server answer"
-    item = items[0]
+def rest_of(item: dict, before: dict) -> str:
+    """What the server's item adds after the cursor (it replaces line start..cursor)."""
     rng = item["range"]
     assert rng["end"] == {"line": before["row"], "character": before["col"]}, "the item's range must end at the cursor"
     typed = before["lines"][before["row"]][rng["start"]["character"]: before["col"]]
     assert item["insertText"].startswith(typed), (item, typed)
     rest = item["insertText"][len(typed):]
-    assert rest.strip(), f"{step['name']}: the server sent a blank suggestion"
+    assert rest.strip(), "the server sent a blank suggestion"
+    return rest
+
+
+def check_shown_is_served(step: dict, index: int = 0) -> str:
+    """The ghost text is the server's item `index` minus what is already typed; returns it."""
+    items, before, ghost = step["items"], step["before"], step["ghost"]
+    assert items, f"{step['name']}: ghost text without a server answer"
+    rest = rest_of(items[index], before)
     assert ghost["text"] == rest, f"{step['name']}: shown {ghost['text']!r}, served {rest!r}"
     assert (ghost["row"], ghost["col"]) == (before["row"], before["col"]), "ghost text not at the cursor"
     return rest
@@ -88,7 +93,7 @@ def test_nvim_ghost_text_accept_word_line_and_all(tmp_path: Path) -> None:
     env = editor_env(tmp_path / "home") | {
         "KS_OUT": str(out), "KS_FILE": str(sample), "KS_LINE": str(RETURN_LINE),
         "KS_TYPE": "m",                     # "    return m|"
-        "KS_TYPE2": "    print(circle_c",   # a new line below, accepted whole with <Tab>
+        "KS_TYPE2": "    print(",   # a new line below: open-ended, so cycling has candidates
         "KS_DEADLINE": "240",
     }
     proc = subprocess.run([nvim, "--headless", "-i", "NONE", "-u", str(init)], cwd=workspace, env=env,
@@ -100,7 +105,7 @@ def test_nvim_ghost_text_accept_word_line_and_all(tmp_path: Path) -> None:
     assert result["filetype"] == "python"
     assert result["inline_capability"], "the server did not announce inlineCompletionProvider"
     steps = {s["name"]: s for s in result["steps"]}
-    assert list(steps) == ["accept_word", "accept_line", "accept_all"]
+    assert list(steps) == ["accept_word", "accept_line", "cycle_request", "accept_all"]
 
     # Accept one word: exactly the next word of the shown suggestion, at the cursor.
     s = steps["accept_word"]
@@ -119,10 +124,24 @@ def test_nvim_ghost_text_accept_word_line_and_all(tmp_path: Path) -> None:
     assert line.strip()
     assert s["after"]["lines"] == insert_at(s["before"]["lines"], s["before"]["row"], s["before"]["col"], line)
 
-    # <Tab> on a new line: the whole suggestion replaces the item's range.
+    # Cycling: <M-]> over one automatic suggestion asks for several (Invoked),
+    # the next <M-]> shows the second of them.
+    check_shown_is_served(steps["cycle_request"])
+    cycle, before = result["cycle"], steps["cycle_request"]["before"]
+    items = cycle["invoked_items"]
+    assert items and items != steps["cycle_request"]["items"], "no invoked answer"
+    rests = [rest_of(item, before) for item in items]
+    assert len(set(rests)) == len(rests), "the candidates must be distinct"
+    assert cycle["first"]["text"] == rests[0]
+    shown = 1 if len(items) > 1 else 0
+    assert cycle["second"]["text"] == rests[shown]
+    if len(items) > 1:
+        assert cycle["second"]["hint"] == f" (2/{len(items)})"
+
+    # <Tab>: the candidate shown replaces the item's range, whole.
     s = steps["accept_all"]
-    check_shown_is_served(s)
-    item = s["items"][0]
+    check_shown_is_served(s, shown)
+    item = s["items"][shown]
     expected = apply_edit(s["before"]["lines"], item["range"], item["insertText"])
     assert s["after"]["lines"] == expected
     assert result["final_lines"] == expected

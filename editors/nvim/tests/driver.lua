@@ -61,9 +61,9 @@ local function ghost()
   local marks = api.nvim_buf_get_extmarks(0, ns, 0, -1, { details = true })
   if #marks == 0 then return nil end
   local d = marks[1][4]
-  local parts = {}
+  local parts, hint = {}, nil
   for _, chunk in ipairs(d.virt_text or {}) do
-    if chunk[2] ~= 'ComplHintMore' then table.insert(parts, chunk[1]) end
+    if chunk[2] ~= 'ComplHintMore' then table.insert(parts, chunk[1]) else hint = chunk[1] end
   end
   local lines = { table.concat(parts) }
   for _, vl in ipairs(d.virt_lines or {}) do
@@ -73,7 +73,7 @@ local function ghost()
     end
     table.insert(lines, table.concat(s))
   end
-  return { text = table.concat(lines, '\n'), row = marks[1][2], col = marks[1][3] }
+  return { text = table.concat(lines, '\n'), row = marks[1][2], col = marks[1][3], hint = hint }
 end
 
 local last_items -- the server's last inline-completion answer (instrumented below)
@@ -98,6 +98,7 @@ local function step(name, keys, after)
   end)
   local before = snapshot()
   local items = vim.deepcopy(last_items)
+  local count = result.responses
   feed(keys)
   sleep(150) -- the accept is scheduled; let it and the typeahead run
   local after_state = snapshot()
@@ -105,7 +106,7 @@ local function step(name, keys, after)
     name = name, keys = keys, ghost = g, items = items,
     before = before, after = after_state,
   })
-  return result.responses
+  return count
 end
 
 local function run()
@@ -151,10 +152,20 @@ local function run()
   sleep(50)
   local n = step('accept_word', '<M-Right>', 0)
   n = step('accept_line', '<M-C-Right>', n)
-  -- Whole suggestion with <Tab> on a fresh line below.
+  -- On a fresh line below: cycle (<M-]> asks for several candidates, the
+  -- next <M-]> shows the second), then <Tab> accepts the one shown.
   feed('<End><CR>' .. os.getenv('KS_TYPE2'))
   sleep(50)
-  step('accept_all', '<Tab>', n)
+  n = step('cycle_request', '<M-]>', n)
+  wait_for('the invoked answer', 60000, function() return result.responses > n end)
+  sleep(100)
+  local cycled = { invoked_items = vim.deepcopy(last_items), first = ghost() }
+  feed('<M-]>')
+  sleep(150)
+  cycled.second = ghost()
+  result.cycle = cycled
+  n = result.responses
+  step('accept_all', '<Tab>', n - 1)
   feed('<Esc>')
   sleep(50)
   ks.last_status = nil
