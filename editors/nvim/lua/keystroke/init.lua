@@ -37,7 +37,8 @@ local NAME = 'keystroke'
 
 --- True when this Neovim can show ghost text (LSP inline completion).
 function M.has_inline()
-  return vim.lsp.inline_completion ~= nil
+  local ok, mod = pcall(function() return vim.lsp.inline_completion end)
+  return ok and mod ~= nil
 end
 
 --- The keystroke client attached to `bufnr` (default: current buffer), or nil.
