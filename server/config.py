@@ -142,9 +142,16 @@ _DEFAULTS = Config()
 
 
 def unwrap_section(raw: object) -> object:
-    """Editors send either the settings themselves or `{"keystroke": {...}}`."""
-    if isinstance(raw, dict) and set(raw) == {"keystroke"} and isinstance(raw["keystroke"], dict):
-        return raw["keystroke"]
+    """Editors send either the settings themselves or `{"keystroke": {...}}`.
+
+    An empty list counts as an empty object: Lua's empty table (Neovim)
+    serializes as `[]`.
+    """
+    if raw == []:
+        return {}
+    if isinstance(raw, dict) and set(raw) == {"keystroke"} and (isinstance(raw["keystroke"], dict)
+                                                                  or raw["keystroke"] == []):
+        return raw["keystroke"] or {}
     return raw
 
 

@@ -1011,7 +1011,11 @@ def create_server(config: Config | None = None, *, quant: str = "auto",
         edit = await action_edit(ls, args[0] if args else None)
         if edit is None:
             return False
-        answer = await ls.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label="keystroke"))
+        try:
+            answer = await ls.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label="keystroke"))
+        except JsonRpcException as e:  # the client (or its user) declined the edit
+            log.info("the client did not apply the edit: %s", e)
+            return False
         return bool(getattr(answer, "applied", False))
 
     @server.command(CMD_STATUS)

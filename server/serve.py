@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quant", default="auto", choices=["auto", "int8", "fp32", "fp16", "bf16"],
                         help="weight format for linear layers (auto: int8 on CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--stdio", action="store_true",
+                        help="talk over stdin/stdout (the default; accepted because many clients pass it)")
     parser.add_argument("--tcp", metavar="HOST:PORT", default=None,
                         help=f"listen on TCP instead of stdio; needs a token in ${TOKEN_ENV} or --token-file")
     parser.add_argument("--token-file", type=Path, default=None,
@@ -275,8 +277,11 @@ class _StdoutWriter:
         self.stream = stream
 
     def write(self, data: bytes) -> None:
-        self.stream.write(data)
-        self.stream.flush()
+        try:
+            self.stream.write(data)
+            self.stream.flush()
+        except (BrokenPipeError, ValueError):  # the client went away: that is shutdown, not an error
+            log.info("output closed by the client; dropping a %d-byte message", len(data))
 
     def close(self) -> None:
         try:

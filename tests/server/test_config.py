@@ -79,3 +79,10 @@ def test_engine_changed_only_for_engine_fields():
     assert engine_changed(DEFAULT, Config(model="other"))
     assert engine_changed(DEFAULT, Config(cache_size_mb=1))
     assert not engine_changed(DEFAULT, Config(max_tokens=1, enabled=False))
+
+
+def test_an_empty_lua_table_sent_as_a_list_is_an_empty_object():
+    # Neovim serializes an empty Lua table as [] (an editor found this)
+    for raw in ([], {"keystroke": []}):
+        cfg, warnings = parse_config(raw, Config())
+        assert cfg == Config() and warnings == []
