@@ -725,16 +725,24 @@ class KeystrokeServer(LanguageServer):
 # Request logic (plain async functions of the server and params)
 # ---------------------------------------------------------------------------
 
-async def inline_completion(ls: KeystrokeServer, params: types.InlineCompletionParams) -> types.InlineCompletionList | None:
-    started = time.perf_counter()
-    snap = ls.snapshot(params.text_document.uri)
+def locate(ls: KeystrokeServer, uri: str, position: types.Position):
+    """The document snapshot and cursor offset of a request, or None (counted by reason)."""
+    snap = ls.snapshot(uri)
     if (why := ls.gate(snap)) is not None:
         ls.record.count(why)
         return None
-    cursor = snap.offset(params.position)
+    cursor = snap.offset(position)
     if cursor is None:
         ls.record.count("bad_position")
         return None
+    return snap, cursor
+
+
+async def inline_completion(ls: KeystrokeServer, params: types.InlineCompletionParams) -> types.InlineCompletionList | None:
+    started = time.perf_counter()
+    if (found_at := locate(ls, params.text_document.uri, params.position)) is None:
+        return None
+    snap, cursor = found_at
     text, model_cursor, start, end, typed = snap.text, cursor, line_start(snap.text, cursor), cursor, ""
     selected = params.context.selected_completion_info
     if selected is not None:
@@ -764,14 +772,9 @@ async def completion(ls: KeystrokeServer, params: types.CompletionParams) -> typ
     started = time.perf_counter()
     if not (ls.items_static or ls.items_dynamic) or ls.config.completion_items == "off":
         return None
-    snap = ls.snapshot(params.text_document.uri)
-    if (why := ls.gate(snap)) is not None:
-        ls.record.count(why)
+    if (found_at := locate(ls, params.text_document.uri, params.position)) is None:
         return None
-    cursor = snap.offset(params.position)
-    if cursor is None:
-        ls.record.count("bad_position")
-        return None
+    snap, cursor = found_at
     invoked = params.context is not None and params.context.trigger_kind == types.CompletionTriggerKind.Invoked
     found = await ls.suggest(snap, snap.text, cursor, feature="completion", n=1,
                              debounce_ms=0 if invoked else ls.config.debounce_ms)
