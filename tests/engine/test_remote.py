@@ -21,7 +21,7 @@ from typing import Callable
 import pytest
 
 from keystroke.engine import fim
-from keystroke.engine.api import CompletionRequest, CompletionResult, SamplingParams, StopPolicy
+from keystroke.engine.api import Candidate, CompletionRequest, CompletionResult, SamplingParams, StopPolicy
 from keystroke.engine.backends import make_backend, read_api_key
 from keystroke.engine.errors import KeystrokeError
 from keystroke.engine.remote import (RemoteBackend, RemoteSettings, hold_back_space, render_prompt, text_template,
@@ -541,8 +541,7 @@ def test_fallback_to_local_while_down(serve):
 
     class Local:
         def complete(self, request):
-            return CompletionResult([__import__("keystroke.engine.api", fromlist=["Candidate"]).Candidate(
-                "local!", "eos")])
+            return CompletionResult([Candidate("local!", "eos")])
 
         def stats(self):
             return {"requests": 1}

@@ -26,6 +26,7 @@ import pytest
 from keystroke.engine.api import CompletionRequest, SamplingParams, StopPolicy
 from keystroke.engine.backends import make_backend
 from keystroke.engine.registry import resolve
+from keystroke.engine.remote import hold_back_space, unheal
 from keystroke.engine.stops import StopChecker
 
 pytestmark = pytest.mark.real_model
@@ -139,8 +140,11 @@ def test_completion_through_the_backend_matches_the_servers_own_answer(llama_ser
     r = backend.complete(line_request(PROMPT))
     first_ms = (time.perf_counter() - t0) * 1000
     assert r.error is None and r.candidates, r.error
-    # Derived, not hard-coded: the server's own greedy text, cut by the same line rule.
-    direct = llama_server.complete_directly(PROMPT, 24)
+    # Derived, not hard-coded: the server's own greedy text for the prompt keystroke sends (the
+    # cursor's trailing space held back), without that space, cut by the same line rule.
+    sent, held = hold_back_space(None, PROMPT)
+    assert held == " "
+    direct = unheal(llama_server.complete_directly(sent, 24), held) or ""
     stop = StopChecker(StopPolicy(max_tokens=24, mode="line"), PROMPT.rsplit("\n", 1)[-1]).check(direct)
     assert r.text == (direct[:stop.cut] if stop else direct)
     assert r.text.strip(), "the model suggested nothing for an obvious condition"
