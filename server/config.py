@@ -8,6 +8,7 @@ keeps its previous value.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
@@ -31,6 +32,7 @@ class Config:
     max_document_bytes: int = 1_000_000
     completion_items: str = "auto"      # "auto" | "on" | "off"
     enabled: bool = True
+    engine: str | None = None           # the `engine` section (remote backend) as sorted JSON
 
     def language_enabled(self, language_id: str | None) -> bool:
         if self.enabled_languages is None:
@@ -54,6 +56,7 @@ CLIENT_KEYS: dict[str, str] = {
     "maxDocumentBytes": "max_document_bytes",
     "completionItems": "completion_items",
     "enabled": "enabled",
+    "engine": "engine",
 }
 
 # Keys the server consumes elsewhere (the TCP token) or that editors send
@@ -111,6 +114,15 @@ def _bool(v: Any) -> bool:
     return v
 
 
+def _engine_section(v: Any) -> str | None:
+    """The remote-engine settings (checked in full by keystroke.engine.backends), kept hashable."""
+    if v is None:
+        return None
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        raise _Invalid('expected an object such as {"backend": "remote", "url": "http://host:8000/v1"}')
+    return json.dumps(v, sort_keys=True)
+
+
 def _languages(v: Any) -> tuple[str, ...] | None:
     if v is None or v == "*":
         return None
@@ -134,6 +146,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_document_bytes": _int(1, 1 << 31),
     "completion_items": _choice(COMPLETION_ITEMS),
     "enabled": _bool,
+    "engine": _engine_section,
 }
 
 assert set(CHECKS) == {f.name for f in fields(Config)} == set(CLIENT_KEYS.values())
@@ -188,7 +201,7 @@ def _short(value: Any) -> str:
 
 
 # Fields whose change means the model must be loaded again.
-ENGINE_FIELDS = ("model", "device", "threads", "cache_dir", "cache_size_mb")
+ENGINE_FIELDS = ("model", "device", "threads", "cache_dir", "cache_size_mb", "engine")
 
 
 def engine_changed(old: Config, new: Config) -> bool:

@@ -384,27 +384,23 @@ def _short_error(e: BaseException) -> str:
 # ---------------------------------------------------------------------------
 
 def load_backend(config: Config, *, quant: str = "auto") -> Any:
-    """Load the local engine for `config` (runs on the scheduler's worker)."""
-    import inspect
+    """The engine for `config`: the local model, or a remote server (runs on the scheduler's worker)."""
+    import json
 
-    from keystroke.engine import engine as engine_module
+    from keystroke.engine.backends import make_backend
+    from keystroke.engine.engine import Engine
 
-    load = engine_module.Engine.load
-    accepted = inspect.signature(load).parameters
-    kwargs: dict[str, Any] = {"quant": quant, "threads": config.threads}
-    if config.cache_dir:
-        kwargs["cache_dir"] = Path(config.cache_dir).expanduser()
-    for name in ("cache_size_mb", "disk_budget_mb", "memory_budget_mb"):   # the on-disk KV budget
-        if name in accepted:
-            kwargs[name] = config.cache_size_mb
-            break
-    if "device" in accepted:
-        device = config.device
-        if device == "auto":
-            import torch
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        kwargs["device"] = device
-    return load(config.model, **{k: v for k, v in kwargs.items() if k in accepted})
+    device = config.device
+    if device == "auto":
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def local(_settings: dict) -> Any:
+        cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else None
+        return Engine.load(config.model, quant=quant, threads=config.threads, device=device,
+                           cache_dir=cache_dir, disk_budget_mb=config.cache_size_mb)
+
+    return make_backend({"engine": json.loads(config.engine) if config.engine else {}}, local_loader=local)
 
 
 class KeystrokeServer(LanguageServer):
@@ -587,6 +583,11 @@ class KeystrokeServer(LanguageServer):
             return
         old, self.backend = self.backend, backend
         self.engine_state, self.engine_error = "ready", None
+        if hasattr(backend, "on_state_change"):  # a remote engine: say once when it goes down or comes back
+            loop = asyncio.get_running_loop()  # the backend calls from the worker thread
+            backend.on_state_change = lambda state, message: loop.call_soon_threadsafe(
+                self.notify_user, f"keystroke: {message}",
+                types.MessageType.Warning if state == "down" else types.MessageType.Info)
         seconds = time.perf_counter() - started
         log.info("model %s loaded in %.1f s", config.model, seconds)
         if token:

@@ -55,7 +55,9 @@
 (defcustom keystroke-settings nil
   "Server settings, a plist such as (:maxTokens 32 :temperature 0.2).
 Keys: :model :device :threads :maxTokens :temperature :candidates
-:debounceMs :contextBudget :enabledLanguages :cacheDir :cacheSizeMb.
+:debounceMs :contextBudget :enabledLanguages :cacheDir :cacheSizeMb, and
+:engine for a remote engine, e.g. (:engine (:backend \"remote\" :url
+\"http://gpu-box:8000/v1\")) (see docs/remote.md).
 Sent as initializationOptions; after a change, run
 `keystroke-send-settings'."
   :type 'plist)

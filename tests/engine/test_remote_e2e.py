@@ -340,22 +340,7 @@ def test_greedy_agreement_with_the_local_engine(llama_server, tmp_path):
 # Through `keystroke serve`
 # ---------------------------------------------------------------------------
 
-# `keystroke serve` does not read engine.* settings yet: this launcher swaps the
-# server's backend loader for make_backend with the remote settings, the call
-# the server will make once its configuration carries them.
-LAUNCHER = """
-import json, os, sys
-from keystroke.engine.backends import make_backend
-import keystroke.server.lsp as lsp
-settings = json.loads(os.environ["KEYSTROKE_TEST_ENGINE_SETTINGS"])
-lsp.load_backend = lambda config, quant="auto": make_backend(settings)
-from keystroke.server.cli import main
-sys.exit(main())
-"""
-
-
 def test_completions_through_keystroke_serve(llama_server, tmp_path):
-    pytest.importorskip("pytest_lsp")
     asyncio.run(_serve_session(llama_server, tmp_path))
 
 
@@ -368,18 +353,16 @@ async def _serve_session(llama_server: LlamaServer, tmp_path: Path) -> None:
     from keystroke.server.context import DocumentView
 
     settings = {"engine": {"backend": "remote", "url": llama_server.url, "fim": "none"}}
-    launcher = tmp_path / "launcher.py"
-    launcher.write_text(LAUNCHER)
     log_file = tmp_path / "serve.log"
-    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), KEYSTROKE_TEST_ENGINE_SETTINGS=json.dumps(settings))
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
     client = make_test_lsp_client()
-    await client.start_io(sys.executable, str(launcher), "serve", "--log-file", str(log_file),
+    await client.start_io(sys.executable, "-m", "keystroke.server.cli", "serve", "--log-file", str(log_file),
                           "--log-level", "debug", env=env)
     try:
         await client.initialize_session(types.InitializeParams(
             capabilities=types.ClientCapabilities(text_document=types.TextDocumentClientCapabilities(
                 inline_completion=types.InlineCompletionClientCapabilities())),
-            root_uri=tmp_path.as_uri(), initialization_options={}))
+            root_uri=tmp_path.as_uri(), initialization_options=settings))
         deadline = time.monotonic() + 60
         while True:
             status = await client.workspace_execute_command_async(
