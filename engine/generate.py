@@ -91,8 +91,11 @@ class _Row:
     reason: StopReason | None = None
     cut: int | None = None
     fed: int = 0
+    pending: str = ""  # healed text not yet matched by generated tokens
 
     def text(self, heal: HealPlan | None) -> str:
+        if self.pending:  # stopped before re-typing what healing removed: nothing new
+            return ""
         text = heal.strip(self.stream.text) if heal is not None else self.stream.text
         return text if self.cut is None else text[:self.cut]
 
@@ -124,6 +127,8 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
     work = cache if n == 1 else cache.expanded(n)
     logits = last_logits.reshape(1, -1).expand(n, -1) if last_logits.shape[0] != n else last_logits
     generator = make_generator(sampling.seed, logits.device)
+    for row in rows:
+        row.pending = heal.removed_text if heal is not None else ""
     allowed = heal.allowed_mask(tokenizer, logits.shape[-1]) if heal is not None else None
     tail = list(prompt_ids)[-REPETITION_WINDOW:]
     eos = tokenizer.eos_ids
@@ -144,7 +149,6 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
             break
         prev = [tail + row.ids for row in rows] if sampling.repetition_penalty != 1.0 else None
         tokens = sample(logits, sampling, generator, prev, allowed)
-        allowed = None
         for row, token in zip(rows, tokens.tolist()):
             if row.reason is not None:
                 continue
@@ -153,6 +157,12 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
                 continue
             row.ids.append(token)
             text = row.stream.push(token)
+            if row.pending:
+                row.pending = HealPlan.consume(tokenizer, row.pending, token)
+            if row.pending:  # still re-typing the healed text: nothing to judge yet
+                if len(row.ids) >= stop.max_tokens:
+                    row.reason = "max_tokens"
+                continue
             if heal is not None:
                 text = heal.strip(text)
             hit = row.checker.check(text)
@@ -162,7 +172,8 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
                 row.reason = "max_tokens"
         if all(row.reason is not None for row in rows):
             break
-        logits = model(tokens.view(n, 1), work)
+        logits = model(tokens.view(n, 1), work, decode=True)
+        allowed = _healing_mask(rows, heal, tokenizer, logits.shape[-1])
         for row in rows:
             if row.reason is None:
                 row.fed += 1
@@ -175,3 +186,13 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
         seen.add(text)
         out.append(Generated(row.ids, text, row.reason or "max_tokens", row.fed))
     return out
+
+
+def _healing_mask(rows: list[_Row], heal: HealPlan | None, tokenizer: Tokenizer,
+                  size: int) -> torch.Tensor | None:
+    """(B, V) constraint for rows still re-typing healed text, or None when no row is."""
+    if heal is None or not any(row.pending for row in rows):
+        return None
+    masks = [heal.allowed_mask(tokenizer, size, row.pending) if row.pending else torch.ones(size, dtype=torch.bool)
+             for row in rows]
+    return torch.stack(masks)

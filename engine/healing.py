@@ -61,10 +61,21 @@ class VocabIndex:
         hi = bisect.bisect_left(self.texts, text + _MAX_CHAR)
         return hi > bisect.bisect_right(self.texts, text)
 
+    def exactly(self, text: str) -> np.ndarray:
+        """Ids of the tokens whose text is exactly `text`."""
+        lo = bisect.bisect_left(self.texts, text)
+        hi = bisect.bisect_right(self.texts, text, lo)
+        return self.ids[lo:hi]
+
     def mask(self, text: str, size: int | None = None) -> torch.Tensor:
-        """(size,) bool: True for the tokens whose text starts with `text`."""
+        """(size,) bool: True for the tokens that can begin `text` or go beyond it.
+
+        That is the tokens whose text starts with `text`, and those whose text
+        is a non-empty proper prefix of it (the rest is constrained next step).
+        """
         out = np.zeros(size or self.size, dtype=np.bool_)  # numpy: torch's threaded fill costs ms here
-        ids = self.extending(text)
+        parts = [self.extending(text)] + [self.exactly(text[:k]) for k in range(1, len(text))]
+        ids = np.concatenate(parts)
         out[ids[ids < out.shape[0]]] = True
         return torch.from_numpy(out)
 
@@ -119,20 +130,35 @@ class HealPlan:
     def active(self) -> bool:
         return bool(self.removed_text)
 
-    def allowed_mask(self, tokenizer: Tokenizer, size: int | None = None) -> torch.Tensor | None:
-        """(V,) bool of the tokens allowed first: those whose text starts with the removed text.
+    def allowed_mask(self, tokenizer: Tokenizer, size: int | None = None,
+                     pending: str | None = None) -> torch.Tensor | None:
+        """(V,) bool of the tokens allowed next while `pending` (default: all the removed text) is unmatched.
 
-        The removed token itself is always among them. None when nothing was
-        removed. `size` pads or cuts to the model's vocabulary size.
+        Allowed: tokens whose text starts with `pending`, or is a shorter piece
+        of it (`\n` + 7 spaces for a removed `\n` + 8 spaces; the remainder is
+        constrained on the next step). The removed token itself is always
+        allowed first. None when nothing is pending. `size` pads or cuts to
+        the model's vocabulary size.
         """
-        if not self.active:
+        pending = self.removed_text if pending is None else pending
+        if not pending:
             return None
         index = vocab_index(tokenizer)
-        mask = index.mask(self.removed_text, size)
-        for i in self.removed_ids:
-            if i < mask.shape[0]:
-                mask[i] = True
+        mask = index.mask(pending, size)
+        if pending == self.removed_text:
+            for i in self.removed_ids:
+                if i < mask.shape[0]:
+                    mask[i] = True
         return mask
+
+    @staticmethod
+    def consume(tokenizer: Tokenizer, pending: str, token: int) -> str:
+        """What is still unmatched of `pending` after `token`."""
+        strings = vocab_index(tokenizer).strings
+        text = strings[token] if 0 <= token < len(strings) else ""
+        if text and pending.startswith(text) and len(text) < len(pending):
+            return pending[len(text):]
+        return ""
 
     def strip(self, text: str) -> str:
         """The completion without the removed text at its front (it is already typed)."""

@@ -51,7 +51,7 @@ class Recorder:
     def __init__(self, model):
         self.model, self.shapes = model, []
 
-    def __call__(self, tokens, cache):
+    def __call__(self, tokens, cache, decode=False):
         self.shapes.append(tuple(tokens.shape))
         return self.model(tokens, cache)
 
@@ -158,7 +158,7 @@ class Scripted:
     def first(self):
         return self.logits_for(0, 1)
 
-    def __call__(self, tokens, cache):
+    def __call__(self, tokens, cache, decode=False):
         self.calls += 1
         if self.delay:
             time.sleep(self.delay)

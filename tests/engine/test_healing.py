@@ -59,7 +59,8 @@ def test_partial_word_is_backed_up_and_only_extensions_are_allowed():
     assert plan.ids == ids[:-1] and plan.removed_ids == (ids[-1],)
     mask = plan.allowed_mask(tok)
     allowed = {tok.token_strings()[i] for i in mask.nonzero().flatten().tolist()}
-    assert allowed == {"Us", "Use", "User"}
+    # extensions of "Us", and its shorter pieces ("U", then "s" is constrained next step)
+    assert allowed == {"U", "Us", "Use", "User"}
     assert mask[ids[-1]]  # the removed token itself stays possible
 
 
@@ -71,7 +72,7 @@ def test_partial_indentation_and_operator_are_healed():
     plan = heal(tok, tok.encode("if a ="), protected=0)
     assert plan.removed_text == " ="
     allowed = {tok.token_strings()[i] for i in plan.allowed_mask(tok).nonzero().flatten().tolist()}
-    assert allowed == {" =", " =="}
+    assert allowed == {" ", " =", " =="}
 
 
 def test_complete_token_is_left_alone():
@@ -110,7 +111,7 @@ class ScriptedModel:
             logits[0, token] = 10.0 - rank
         return logits
 
-    def __call__(self, tokens, cache):
+    def __call__(self, tokens, cache, decode=False):
         self.calls += 1
         logits = torch.full((tokens.shape[0], self.vocab), -10.0)
         logits[:, self.eos] = 10.0
@@ -167,7 +168,9 @@ def test_index_of_a_large_vocabulary_is_fast_and_cached():
     t0 = time.perf_counter()
     mask = HealPlan([0], "t3ff", (0x3ff,)).allowed_mask(big)
     per_mask = time.perf_counter() - t0
-    assert mask.shape == (262_144,) and int(mask.sum()) == 1 + 16 + 256  # t3ff, t3ffX, t3ffXX
+    # t3ff, t3ffX, t3ffXX, and the shorter pieces t, t3, t3f
+    pieces = sum(1 for p in ("t", "t3", "t3f") if p in big.token_strings())
+    assert mask.shape == (262_144,) and int(mask.sum()) == 1 + 16 + 256 + pieces
     assert build < 3.0 and per_mask < 0.05, (build, per_mask)
     assert isinstance(index, VocabIndex)
 
@@ -205,4 +208,20 @@ def test_gemma_tokenizer_heals_a_partial_identifier():
     assert time.perf_counter() - t0 < 0.05
     allowed = {tok.token_strings()[i] for i in mask.nonzero().flatten().tolist()}
     assert {"Us", "User", "Users"} <= allowed and "Name" not in allowed
-    assert all(s.startswith("Us") for s in allowed)
+    assert all(s.startswith("Us") or s == "U" for s in allowed)
+
+
+def test_healing_may_retype_the_removed_text_in_shorter_pieces():
+    # "\n" + 8 spaces removed; the model naturally writes "\n" + 7 spaces, then " for":
+    # the rest of the removed text is constrained on the second step, and the
+    # completion is only what comes after the removed text.
+    tok = toy_tokenizer()
+    plan = HealPlan([0], "\n  ", (tok.token_id("ĊĠĠ"),))
+    first = plan.allowed_mask(tok)
+    piece = tok.token_id("ĊĠ")
+    assert piece is not None and first[piece]
+    pending = HealPlan.consume(tok, "\n  ", piece)
+    assert pending == " "
+    second = plan.allowed_mask(tok, pending=pending)
+    assert all(tok.token_strings()[i].startswith(" ") for i in second.nonzero().flatten().tolist())
+    assert HealPlan.consume(tok, pending, tok.encode(" =")[0]) == ""
