@@ -90,7 +90,7 @@ def test_two_hundred_random_edits_give_identical_greedy_output(engine):
 
 def test_entries_restored_from_disk_give_identical_output(engine):
     rng = random.Random(99)
-    text, history = SOURCE, []
+    text = SOURCE
     from_disk = 0
     for i in range(20):
         doc = f"disk-{i}.py"
@@ -98,7 +98,7 @@ def test_entries_restored_from_disk_give_identical_output(engine):
         own = f"# case {i}: restored from disk\n" + text
         engine.complete(CompletionRequest(doc_id=doc, prefix=own, stop=StopPolicy(max_tokens=4)))
         engine.close_document(doc)  # spill to disk, drop from memory
-        own, cursor = random_edit(rng, own, history)
+        own, cursor = random_edit(rng, own, [])
         ok, tie, timings = compare(engine, doc, own, cursor)
         from_disk += timings.reused_disk_tokens > 0
         assert ok or tie, f"restored entry differs at case {i}"
