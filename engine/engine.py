@@ -84,6 +84,12 @@ class Engine:
         # prefill would use: keeping them would make warm and cold differ.
         self.keep_generated = keep_generated
         self.template = fim.detect_template(tokenizer)
+        # int8 decode quantizes activations, which turns the ~1e-4 differences between
+        # prefills of different shapes into different greedy tokens. So with int8 every
+        # prompt position is computed in the same aligned block of this many tokens,
+        # warm or cold, making their K/V (and the decode after them) bit-identical;
+        # a request recomputes from the start of the block its first new token is in.
+        self.prefill_block = 32 if quant == "int8" else 1
         self._suggestions: dict[str, _Suggestion] = {}
         # Both shortcuts answer without the model; tests of the KV path turn them off.
         self.typing_through = True
@@ -125,9 +131,11 @@ class Engine:
             net.act_dtype = torch.bfloat16
         cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
         fp = f"{ckpt.fingerprint}:{quant}:{dev.type}"
+        # K/V go to disk as fp32: fp16 changed Gemma's greedy output after a restore
+        # (beyond a near-tie) in tests/engine/test_cache_equivalence_real.py.
         store = KVStore(fp, ckpt.cfg, memory_budget_mb=memory_budget_mb,
                         disk_dir=(cache_root / "kv") if persist else None, disk_budget_mb=disk_budget_mb,
-                        format_version=PROMPT_FORMAT_VERSION)
+                        format_version=PROMPT_FORMAT_VERSION, kv_dtype_on_disk=torch.float32)
         responses = ResponseCache((cache_root / "responses") if persist else None)
         info = dict(ckpt.info, load_s=round(time.perf_counter() - t0, 2))
         log.info("loaded %s (%s, %s) in %.1fs", name, ckpt.cfg.family, quant, info["load_s"])
@@ -184,9 +192,16 @@ class Engine:
                 timings.reused_disk_tokens = reused
             else:
                 timings.reused_memory_tokens = reused
+            if self.prefill_block > 1:  # reuse whole blocks only: see prefill_block
+                reused = reused // self.prefill_block * self.prefill_block
+                cache.truncate(reused)
+                if source == "disk":
+                    timings.reused_disk_tokens = reused
+                else:
+                    timings.reused_memory_tokens = reused
             logits = None
-            for s in range(reused, len(ids), PREFILL_CHUNK):
-                chunk = torch.tensor([ids[s:s + PREFILL_CHUNK]], dtype=torch.long, device=self.device)
+            for s, e in self._chunks(reused, len(ids)):
+                chunk = torch.tensor([ids[s:e]], dtype=torch.long, device=self.device)
                 logits = self.model(chunk, cache)
             timings.computed_tokens = len(ids) - reused
             timings.prefill_ms = (time.perf_counter() - t0) * 1000
@@ -214,6 +229,15 @@ class Engine:
         if not cancelled:
             self._remember(req, [c.text for c in candidates])
         return CompletionResult(candidates, timings)
+
+    def _chunks(self, start: int, end: int) -> list[tuple[int, int]]:
+        """Prefill spans: fixed blocks aligned to absolute positions, or plain chunks."""
+        if self.prefill_block > 1:
+            b = self.prefill_block
+            edges = [start] + list(range((start // b + 1) * b, end, b)) + [end]
+        else:
+            edges = list(range(start, end, PREFILL_CHUNK)) + [end]
+        return [(a, z) for a, z in zip(edges, edges[1:]) if z > a]
 
     def _fit(self, ids: list[int], protected: int) -> list[int]:
         """Cut the start of an over-long prompt (after its protected head) in coarse steps."""
