@@ -253,9 +253,11 @@ def crossfile_candidates(src: SourceFile, p: Parsed, memo: dict) -> list[tuple[i
         return []
     out = []
     toks = [t for t in p.tokens if t.type not in (tokenize.NL, tokenize.COMMENT)]
-    for a, b in zip(toks, toks[1:]):
+    for before, a, b in zip([None] + toks, toks, toks[1:]):
         if a.type != tokenize.NAME or a.string not in bound or b.type != tokenize.OP or b.string not in "(.":
             continue
+        if before is not None and before.string in (".", "def", "class"):
+            continue  # an attribute or a definition of the same name, not a use of the imported one
         target, import_end = bound[a.string]
         line, col = b.end[0] - 1, b.end[1]
         if b.start[0] != a.start[0] or a.start[0] <= import_end or line in p.string_lines:
@@ -416,7 +418,8 @@ def run_task(engine, task: Task, config_name: str, budget: int, count_tokens) ->
         raise SystemExit(f"the engine failed on {task.id}: {result.error}")
     prediction = postprocess(result.text, prefix=prefix, suffix=suffix, mode=mode, language_id="python")
     rec = {"task": task.id, "kind": task.kind, "origin": task.origin, "config": config_name, "mode": mode,
-           "symbol": task.symbol, "target": task.target, "raw": result.text, "prediction": prediction,
+           "symbol": task.symbol, "target": task.target, "raw": result.text,
+           "stop_reason": result.candidates[0].stop_reason if result.candidates else "", "prediction": prediction,
            "header_tokens": next((e["tokens"] for e in parts.provenance if e["source"] == "header"), 0),
            "provenance": [{k: e[k] for k in ("source", "tokens", "items")} for e in parts.provenance],
            "prompt_tokens": result.timings.prompt_tokens, "decode_tokens": result.timings.decode_tokens,
@@ -538,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             files += package_files(site, name)
     tasks = sample_tasks(files, args.kind_list, args.tasks, args.seed)
     model_tag = re.sub(r"[^\w.-]+", "_", Path(args.model).name)
-    out = args.out or evalkit.ARTIFACTS / f"completion-{model_tag}-seed{args.seed}-b{budget}.jsonl"
+    out = args.out or evalkit.ARTIFACTS / f"completion-{model_tag}-seed{args.seed}-b{budget}-{evalkit.code_version()}.jsonl"
     if args.fresh and out.exists():
         out.unlink()
     done = {(r["task"], r["config"]): r for r in evalkit.read_jsonl(out)}
@@ -563,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(records, args.kind_list, args.configs, args.seed)
     table = render(summary, args.kind_list, args.configs)
     info = engine.info()
-    meta = {"model": args.model, "quant": info.get("quant"), "seed": args.seed, "tasks_per_kind": args.tasks,
+    meta = {"model": args.model, "quant": info.get("quant"), "code_version": evalkit.code_version(), "seed": args.seed, "tasks_per_kind": args.tasks,
             "budget_tokens": budget, "configs": args.configs, "kinds": args.kind_list,
             "packages": {p: PACKAGES[p] for p in packages}, "python": sys.version.split()[0],
             "max_tokens": MAX_TOKENS, "wall_s": round(time.perf_counter() - t_start, 1)}

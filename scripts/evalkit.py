@@ -5,6 +5,7 @@ Nothing here knows a model; the scripts load one with `keystroke.engine.Engine`.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
 import random
@@ -123,6 +124,23 @@ def append_jsonl(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def code_version() -> str:
+    """The last commit that touched engine/ or server/, plus a hash of their uncommitted edits if any.
+
+    Results are kept per code version: a run never resumes from completions another engine made.
+    """
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout
+
+    try:
+        head = git("log", "-1", "--format=%h", "--", "engine", "server").strip()
+        edits = git("diff", "HEAD", "--", "engine", "server") + git("ls-files", "--others", "--exclude-standard",
+                                                                   "--", "engine", "server")
+    except (OSError, subprocess.SubprocessError):
+        return "nogit"
+    return (head or "nogit") + (f"+{hashlib.sha1(edits.encode()).hexdigest()[:8]}" if edits else "")
 
 
 def load_engine(model: str, quant: str = "auto", threads: int | None = None):
