@@ -85,7 +85,7 @@ def test_two_hundred_random_edits_give_identical_greedy_output(engine):
             diffs.append((i, cursor))
     print(f"\nreal model: {same}/200 identical, {ties} ties, {reused} requests reused cached tokens")
     assert not diffs, f"warm and cold differ beyond ties at {diffs}"
-    assert reused >= 150  # the cache was really used
+    assert reused >= 140  # the cache was really used (155 measured: edits in the first 32-token block reuse nothing with int8)
 
 
 def test_entries_restored_from_disk_give_identical_output(engine):
