@@ -541,7 +541,8 @@ def main(argv: list[str] | None = None) -> int:
             files += package_files(site, name)
     tasks = sample_tasks(files, args.kind_list, args.tasks, args.seed)
     model_tag = re.sub(r"[^\w.-]+", "_", Path(args.model).name)
-    out = args.out or evalkit.ARTIFACTS / f"completion-{model_tag}-seed{args.seed}-b{budget}-{evalkit.code_version()}.jsonl"
+    version = evalkit.code_version()  # read once: the engine that this process imports
+    out = args.out or evalkit.ARTIFACTS / f"completion-{model_tag}-seed{args.seed}-b{budget}-{version}.jsonl"
     if args.fresh and out.exists():
         out.unlink()
     done = {(r["task"], r["config"]): r for r in evalkit.read_jsonl(out)}
@@ -566,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(records, args.kind_list, args.configs, args.seed)
     table = render(summary, args.kind_list, args.configs)
     info = engine.info()
-    meta = {"model": args.model, "quant": info.get("quant"), "code_version": evalkit.code_version(), "seed": args.seed, "tasks_per_kind": args.tasks,
+    meta = {"model": args.model, "quant": info.get("quant"), "code_version": version, "seed": args.seed,
+            "tasks_per_kind": args.tasks,
             "budget_tokens": budget, "configs": args.configs, "kinds": args.kind_list,
             "packages": {p: PACKAGES[p] for p in packages}, "python": sys.version.split()[0],
             "max_tokens": MAX_TOKENS, "wall_s": round(time.perf_counter() - t_start, 1)}

@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     from keystroke.server.lsp import count_tokens_of
     problems = choose(load_problems(args.kind, args.data), args.limit, args.seed)
     model_tag = re.sub(r"[^\w.-]+", "_", Path(args.model).name)
-    out = args.out or evalkit.ARTIFACTS / f"humaneval-{args.kind}-{model_tag}-seed{args.seed}-n{len(problems)}-{evalkit.code_version()}.jsonl"
+    version = evalkit.code_version()  # read once: the engine that this process imports
+    name = f"humaneval-{args.kind}-{model_tag}-seed{args.seed}-n{len(problems)}-{version}.jsonl"
+    out = args.out or evalkit.ARTIFACTS / name
     if args.fresh and out.exists():
         out.unlink()
     done = {r["task"]: r for r in evalkit.read_jsonl(out)}
@@ -157,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         header.append("edit sim. %")
         row.append(f"{evalkit.mean(es) * 100:.1f}")
     table = evalkit.markdown_table(header, [row])
-    summary = {"model": args.model, "code_version": evalkit.code_version(), "kind": args.kind, "n": len(vals), "seed": args.seed, "limit": args.limit,
+    summary = {"model": args.model, "code_version": version, "kind": args.kind, "n": len(vals), "seed": args.seed,
+               "limit": args.limit,
                "metric": name, "mean": evalkit.mean(vals), "lo": lo, "hi": hi,
                "max_tokens": MAX_TOKENS[args.kind], "wall_s": round(time.perf_counter() - t0, 1), "table": table}
     evalkit.write_json(out.with_suffix(".summary.json"), summary)

@@ -69,12 +69,6 @@ def paired_diff_ci(a: Sequence[float], b: Sequence[float], **kw) -> tuple[float,
     return mean(diffs), lo, hi
 
 
-def fmt_ci(values: Sequence[float], scale: float = 100.0, **kw) -> str:
-    """'mean [lo, hi]' in percent."""
-    lo, hi = bootstrap_ci(values, **kw)
-    return f"{mean(values) * scale:.1f} [{lo * scale:.1f}, {hi * scale:.1f}]"
-
-
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
