@@ -48,8 +48,6 @@ if __name__ == "__main__":
 RETURN_LINE = SAMPLE.splitlines().index("    return ") + 1
 # 1-based line of the stub body that "Implement function" replaces.
 STUB_LINE = SAMPLE.splitlines().index("    raise NotImplementedError") + 1
-# 1-based line of a def without a docstring ("Write docstring").
-NO_DOC_LINE = SAMPLE.splitlines().index("def square_area(side):") + 1
 
 
 def require_tool(name: str, path: str | Path | None = None) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.editors.editor_support import (EDITORS, NO_DOC_LINE, RETURN_LINE, SAMPLE, STUB_LINE, editor_env,
+from tests.editors.editor_support import (EDITORS, RETURN_LINE, SAMPLE, STUB_LINE, editor_env,
                                           require_tool, server_command, server_log_tail)
 
 pytestmark = pytest.mark.real_model
@@ -56,7 +56,7 @@ def test_emacs_eglot_completion_preview_and_actions(tmp_path: Path) -> None:
         "HOME": str(tmp_path / "home"),   # no ~/.emacs.d of the developer
         "KS_FILE": str(sample), "KS_OUT": str(out), "KS_LISP": str(LISP),
         "KS_SERVER": json.dumps(server_command(log_file)),
-        "KS_RETURN_LINE": str(RETURN_LINE), "KS_STUB_LINE": str(STUB_LINE), "KS_NO_DOC_LINE": str(NO_DOC_LINE),
+        "KS_RETURN_LINE": str(RETURN_LINE), "KS_STUB_LINE": str(STUB_LINE),
         "KS_DEADLINE": "240",
     }
     proc = subprocess.run([emacs, "--batch", "-l", str(DRIVER)], cwd=project, env=env,
