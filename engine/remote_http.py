@@ -139,16 +139,13 @@ class Client:
         return conn, resp
 
     def get_json(self, path: str, timeout_s: float | None = None) -> object:
-        conn, resp = self._send("GET", path, None, "application/json", timeout_s)
-        try:
-            return _parse_json(resp.read(), path)
-        except (OSError, http.client.HTTPException) as err:
-            raise _as_remote_error(err, self.endpoint) from err
-        finally:
-            conn.close()
+        return self._json("GET", path, None, timeout_s)
 
     def post_json(self, path: str, body: dict, timeout_s: float | None = None) -> object:
-        conn, resp = self._send("POST", path, body, "application/json", timeout_s)
+        return self._json("POST", path, body, timeout_s)
+
+    def _json(self, method: str, path: str, body: dict | None, timeout_s: float | None) -> object:
+        conn, resp = self._send(method, path, body, "application/json", timeout_s)
         try:
             return _parse_json(resp.read(), path)
         except (OSError, http.client.HTTPException) as err:

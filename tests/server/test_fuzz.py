@@ -152,7 +152,7 @@ def server(tmp_path_factory, model):
         proc.kill()
 
 
-@settings(max_examples=110, deadline=None, derandomize=True,
+@settings(max_examples=150, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(batch=st.lists(message(), min_size=15, max_size=25))
 def test_hostile_messages(server, batch):
