@@ -188,17 +188,13 @@ class Engine:
             cache, reused, source = self.model.new_cache(capacity=len(ids) + 64), 0, None
         outs = []
         try:
+            if self.prefill_block > 1:  # reuse whole blocks only: see prefill_block
+                reused = reused // self.prefill_block * self.prefill_block
+                cache.truncate(reused)
             if source == "disk":
                 timings.reused_disk_tokens = reused
             else:
                 timings.reused_memory_tokens = reused
-            if self.prefill_block > 1:  # reuse whole blocks only: see prefill_block
-                reused = reused // self.prefill_block * self.prefill_block
-                cache.truncate(reused)
-                if source == "disk":
-                    timings.reused_disk_tokens = reused
-                else:
-                    timings.reused_memory_tokens = reused
             logits = None
             for s, e in self._chunks(reused, len(ids)):
                 chunk = torch.tensor([ids[s:e]], dtype=torch.long, device=self.device)
