@@ -107,33 +107,29 @@ def fit_header(snippets: list[Snippet], budget: int, count_tokens: CountTokens, 
 
 
 _line_counts: "OrderedDict[tuple[CountTokens, str], int]" = OrderedDict()
+_text_counts: "OrderedDict[tuple[CountTokens, str], int]" = OrderedDict()
+
+
+def _counted(memo: "OrderedDict[tuple[CountTokens, str], int]", limit: int, text: str,
+             count_tokens: CountTokens) -> int:
+    """count_tokens(text) through `memo`, which keeps the `limit` newest counts."""
+    key = (count_tokens, text)
+    n = memo.get(key)
+    if n is None:
+        n = memo[key] = count_tokens(text)
+        if len(memo) > limit:
+            memo.popitem(last=False)
+    return n
 
 
 def line_tokens(line: str, count_tokens: CountTokens) -> int:
     """count_tokens(line) through a cache: between keystrokes only the edited line is new."""
-    key = (count_tokens, line)
-    n = _line_counts.get(key)
-    if n is None:
-        n = count_tokens(line)
-        _line_counts[key] = n
-        if len(_line_counts) > 50_000:
-            _line_counts.popitem(last=False)
-    return n
-
-
-_text_counts: "OrderedDict[tuple[CountTokens, str], int]" = OrderedDict()
+    return _counted(_line_counts, 50_000, line, count_tokens)
 
 
 def text_tokens(text: str, count_tokens: CountTokens) -> int:
     """count_tokens(text) for long texts, remembering the last few (a trim counts, the caller counts again)."""
-    key = (count_tokens, text)
-    n = _text_counts.get(key)
-    if n is None:
-        n = count_tokens(text)
-        _text_counts[key] = n
-        if len(_text_counts) > 8:
-            _text_counts.popitem(last=False)
-    return n
+    return _counted(_text_counts, 8, text, count_tokens)
 
 
 def trim_prefix(text: str, budget: int, count_tokens: CountTokens, snap: int = 1,
