@@ -55,8 +55,8 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "attrs": ("25.3.0", "427318ce031701fea540783410126f03899a97ffc6f61596ad581ac2e40e3bc3"),
 }
 KINDS = ("line", "crossfile", "body")
-CONFIGS = ("off", "imports", "signatures", "siblings", "similar", "all")
-SOURCE_NAMES = ("imports", "signatures", "siblings", "similar")
+CONFIGS = ("off", "imports", "signatures", "siblings", "similar", "usages", "all")
+SOURCE_NAMES = ("imports", "signatures", "siblings", "similar", "usages")
 MAX_TOKENS = {"line": 48, "crossfile": 48, "body": 128}
 # Standard-library folders that are tests, tools or generated data rather than library code.
 STDLIB_SKIP = {"test", "tests", "idlelib", "lib2to3", "turtledemo", "site-packages", "dist-packages", "ensurepip",

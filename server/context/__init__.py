@@ -18,21 +18,24 @@ from pathlib import Path
 from typing import Callable
 
 from ..secrets import find_secrets, is_env_file, redact_secrets, redact_spans
-from .budget import fit_header, render_header, text_tokens, trim_prefix, trim_suffix
+from .budget import comment_out, fit_header, render_header, text_tokens, trim_prefix, trim_suffix
 from .parse import language_of
 from .sources import (
+    cursor_target,
     display_name,
     imports_source,
     signatures_source,
     siblings_source,
     similar_source,
     stable_view,
+    usages_source,
 )
 from .types import ContextConfig, DocumentView, PromptParts, Snippet
 
 __all__ = [
     "ContextConfig", "DocumentView", "PromptParts", "Snippet", "approx_tokens", "build_context",
     "imports_source", "signatures_source", "siblings_source", "similar_source", "stable_view",
+    "usages_source",
 ]
 
 _CONFIG_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".ini": "ini", ".cfg": "ini",
@@ -69,6 +72,7 @@ def build_context(doc: DocumentView, offset: int, others: list[DocumentView], *,
     text = doc.text
     offset = max(0, min(offset, len(text)))
     header_budget, prefix_budget, suffix_budget = config.budgets()
+    note_budget = min(config.usages_tokens, header_budget // 2) if config.usages else 0
     lang = language_of(doc.language_id, doc.path)
     env_file = is_env_file(doc.path or doc.uri)
     secret_lang = _secret_language(doc.language_id, doc.path or doc.uri)
@@ -95,19 +99,64 @@ def build_context(doc: DocumentView, offset: int, others: list[DocumentView], *,
     if hit is not None and now - hit[0] < HEADER_MEMO_SECONDS:
         header, provenance = hit[1], [dict(e) for e in hit[2]]
     else:
-        header, provenance = _header(doc, stable, line, others, config, count_tokens, workspace_root, visible, lang)
+        header, provenance = _header(doc, stable, line, others, config, header_budget - note_budget, count_tokens,
+                                     workspace_root, visible, lang)
         _header_memo[key] = (now, header, tuple(provenance))
-        while len(_header_memo) > 8:
+        while len(_header_memo) > 16:
             _header_memo.pop(next(iter(_header_memo)))
+    note = _usages_note(doc, offset, stable, others, prefix, config, note_budget, count_tokens, workspace_root,
+                        lang, visible, provenance) if note_budget else ""
     provenance.append({"source": "prefix", "tokens": text_tokens(prefix, count_tokens), "items": prefix.count("\n") + 1,
                        "origins": [display_name(doc, workspace_root)]})
     provenance.append({"source": "suffix", "tokens": text_tokens(suffix, count_tokens) if suffix else 0,
                        "items": suffix.count("\n"), "origins": [display_name(doc, workspace_root)]})
-    return PromptParts(header, prefix, suffix, provenance)
+    cut = prefix.rfind("\n") + 1
+    return PromptParts(header, prefix[:cut] + note + prefix[cut:], suffix, provenance, note)
+
+
+def _usages_note(doc: DocumentView, offset: int, stable: DocumentView, others: list[DocumentView], prefix: str,
+                 config: ContextConfig, budget: int, count_tokens: Callable[[str], int],
+                 workspace_root: Path | None, lang: str, visible: range, provenance: list[dict]) -> str:
+    """The usages note (`usages_source`) as comment lines to go above the cursor's line, redacted and fitted."""
+    start = doc.text.rfind("\n", 0, offset) + 1
+    target = cursor_target(doc.text[start:offset])
+    if target is None:
+        return ""
+    # A function of the document without its cursor line and of that line up to the call: memoized like the header.
+    key = ("usages", stable.text, doc.text[start:start + target.end], doc.uri, doc.language_id, doc.path,
+           tuple((o.uri, o.text) for o in others), visible.start, visible.stop, config, budget, count_tokens,
+           workspace_root)
+    now = time.monotonic()
+    hit = _header_memo.get(key)
+    if hit is not None and now - hit[0] < HEADER_MEMO_SECONDS:
+        provenance.extend(dict(e) for e in hit[2])
+        return hit[1]
+    try:
+        note = usages_source(doc, offset, others, config=config, workspace_root=workspace_root, visible=visible)
+    except Exception as exc:  # like a failing source: no note, the completion goes on
+        log.warning("context source usages failed for %s: %r", doc.uri, exc)
+        note = None
+    text, entries = "", ()
+    cursor_line = prefix[prefix.rfind("\n") + 1:]
+    indent = cursor_line[: len(cursor_line) - len(cursor_line.lstrip(" \t"))]
+    lines = redact_secrets(note.text, language_id=_secret_language(doc.language_id, doc.path)).split("\n") if note else []
+    while lines:
+        text = "".join(indent + line for line in comment_out("\n".join(lines), lang).splitlines(keepends=True))
+        tokens = text_tokens(text, count_tokens)
+        if tokens <= budget:
+            entries = ({"source": "usages", "tokens": tokens, "items": len(lines), "origins": [note.origin]},)
+            break
+        lines.pop()
+        text = ""
+    _header_memo[key] = (now, text, entries)
+    while len(_header_memo) > 16:
+        _header_memo.pop(next(iter(_header_memo)))
+    provenance.extend(dict(e) for e in entries)
+    return text
 
 
 def _header(doc: DocumentView, stable: DocumentView, line: int, others: list[DocumentView],
-            config: ContextConfig, count_tokens: Callable[[str], int], workspace_root: Path | None,
+            config: ContextConfig, budget: int, count_tokens: Callable[[str], int], workspace_root: Path | None,
             visible: range, lang: str) -> tuple[str, list[dict]]:
     """The header from every enabled source, redacted and fitted, with its provenance."""
     calls: dict[str, Callable[[], list[Snippet]]] = {
@@ -127,7 +176,7 @@ def _header(doc: DocumentView, stable: DocumentView, line: int, others: list[Doc
     snippets = [replace(s, text=redact_secrets(s.text, language_id=_secret_language(s.language, None)))
                 for s in snippets]
     path_line = f"file: {display_name(doc, workspace_root)}" if config.include_path else None
-    header, chosen = fit_header(snippets, config.budgets()[0], count_tokens, lang, path_line, config.enabled(),
+    header, chosen = fit_header(snippets, budget, count_tokens, lang, path_line, config.enabled(),
                                 post=redact_secrets)
     provenance: list[dict] = []
     for source in config.enabled():

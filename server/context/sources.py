@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import NamedTuple
 from pathlib import Path
 
 from ..secrets import is_env_file
@@ -211,40 +212,105 @@ def _excluded(doc: DocumentView, config: ContextConfig) -> bool:
     return is_env_file(doc.path or doc.uri) or len(doc.text) > config.max_document_chars
 
 
+class _Finder:
+    """Resolves a name used in `doc` (and the attribute after it) to its definition.
+
+    Looked for, in order: through the current file's imports (open documents
+    or workspace files), in the current file, in the files every name may
+    come from (C/C++ includes, Go package, Java package), and by name in the
+    other open documents.
+    """
+
+    def __init__(self, doc: DocumentView, others: list[DocumentView], config: ContextConfig,
+                 workspace_root: Path | None) -> None:
+        self.doc, self.root = doc, workspace_root
+        self.lang = language_of(doc.language_id, doc.path)
+        self.out = doc_outline(doc)
+        self.resolver = _Resolver(doc, others, workspace_root, config)
+        self.bindings: dict[str, tuple[Import, str | None]] = {}
+        for imp in self.out.imports:
+            for alias, original in imp.names:
+                self.bindings.setdefault(alias, (imp, original))
+        self.implicit: list[DocumentView] = []
+        if doc.path is not None and workspace_root is not None:
+            if self.lang in ("c", "cpp"):
+                for imp in self.out.imports:
+                    self.implicit.extend(self.resolver.module_docs(imp, self.lang).values())
+            for p in same_package_files(doc.path, self.lang, workspace_root):
+                d = self.resolver.open_file(p)
+                if d is not None:
+                    self.implicit.append(d)
+
+    def find(self, name: str, attr: str | None) -> tuple[Symbol, DocumentView, Outline, float] | None:
+        """(definition, its document, that document's outline, rank base), or None."""
+        lang = self.lang
+        if name in self.bindings:
+            imp, original = self.bindings[name]
+            docs = self.resolver.module_docs(imp, lang)
+            if name in docs:  # `from pkg import module` then module.attr
+                target, wanted = docs[name], attr
+            elif None in docs:
+                target = docs[None]
+                wanted = original if original is not None else attr
+                if lang == "java":
+                    wanted = original or name
+            else:
+                return None
+            if not wanted:
+                return None
+            t_out = doc_outline(target)
+            sym = _lookup(t_out, wanted)
+            return (sym, target, t_out, 3.0) if sym is not None else None
+        sym = _lookup(self.out, name)
+        if sym is not None:
+            return sym, self.doc, self.out, 1.0
+        if len(name) < 3:
+            return None
+        for d in self.implicit:
+            d_out = doc_outline(d)
+            sym = _lookup(d_out, name)
+            if sym is not None:
+                return sym, d, d_out, 3.0
+        if lang == "java" and self.doc.path is not None and name[:1].isupper():
+            d = self.resolver.open_file(self.doc.path.parent / f"{name}.java")
+            if d is not None:
+                d_out = doc_outline(d)
+                sym = _lookup(d_out, name)
+                if sym is not None:
+                    return sym, d, d_out, 3.0
+        for o in self.resolver.others:
+            o_out = doc_outline(o)
+            sym = _lookup(o_out, name)
+            if sym is not None and sym.kind != "variable":
+                return sym, o, o_out, 2.0
+        return None
+
+    def module_members(self, name: str) -> tuple[DocumentView, Outline] | None:
+        """The module that `name` is bound to by `from pkg import module` / `import module`, if local."""
+        if name not in self.bindings:
+            return None
+        imp, original = self.bindings[name]
+        docs = self.resolver.module_docs(imp, self.lang)
+        target = docs.get(name) or (docs.get(None) if original is None else None)
+        return (target, doc_outline(target)) if target is not None else None
+
+
 def signatures_source(doc: DocumentView, cursor_line: int, others: list[DocumentView], *,
                       config: ContextConfig = ContextConfig(), workspace_root: Path | None = None,
                       visible: range = _NO_LINES) -> list[Snippet]:
-    """Signatures of the names used near the cursor, wherever they are defined.
+    """Signatures of the names used near the cursor, wherever they are defined (see `_Finder`).
 
-    Resolved, in order: through the current file's imports (open documents
-    or workspace files), in the current file outside the visible lines, and
-    by name in the other open documents. Names the file imports from local
+    A definition in the current file counts only outside the visible lines
+    and outside the cursor's own scope. Names the file imports from local
     code come too, ranked below the ones in use.
     """
-    lang = language_of(doc.language_id, doc.path)
-    out = doc_outline(doc)
+    finder = _Finder(doc, others, config, workspace_root)
     lines = doc.text.split("\n")
-    scope = enclosing_symbol(out, lines, cursor_line)
-    resolver = _Resolver(doc, others, workspace_root, config)
-    bindings: dict[str, tuple[Import, str | None]] = {}
-    for imp in out.imports:
-        for alias, original in imp.names:
-            bindings.setdefault(alias, (imp, original))
+    scope = enclosing_symbol(finder.out, lines, cursor_line)
     uses = used_names(doc.text, cursor_line, config.usage_lines_before, config.usage_lines_after)
     name_counts: Counter = Counter()
     for (name, _attr), n in uses.items():
         name_counts[name] += n
-
-    # Files every name may come from: C/C++ includes, Go files of the same package, Java classes of the package.
-    implicit: list[DocumentView] = []
-    if doc.path is not None and workspace_root is not None:
-        if lang in ("c", "cpp"):
-            for imp in out.imports:
-                implicit.extend(resolver.module_docs(imp, lang).values())
-        for p in same_package_files(doc.path, lang, workspace_root):
-            d = resolver.open_file(p)
-            if d is not None:
-                implicit.append(d)
 
     found: dict[tuple[str, int], Snippet] = {}
 
@@ -260,60 +326,20 @@ def signatures_source(doc: DocumentView, cursor_line: int, others: list[Document
                              where.language_id or where_out.language)
 
     for (name, attr), count in sorted(uses.items(), key=lambda kv: (-kv[1], kv[0][0], kv[0][1] or "")):
-        count = name_counts[name]
-        if name in bindings:
-            imp, original = bindings[name]
-            docs = resolver.module_docs(imp, lang)
-            if name in docs:  # `from pkg import module` then module.attr
-                target, wanted = docs[name], attr
-            elif None in docs:
-                target = docs[None]
-                wanted = original if original is not None else attr
-                if lang == "java":
-                    wanted = original or name
-            else:
-                continue
-            if not wanted:
-                continue
-            t_out = doc_outline(target)
-            sym = _lookup(t_out, wanted)
-            if sym is not None:
-                add(sym, target, t_out, 3.0, count)
+        hit = finder.find(name, attr)
+        if hit is None:
             continue
-        sym = _lookup(out, name)
-        if sym is not None:
-            if sym is not scope and _outside(sym, visible) and not (scope and sym.start_line <= scope.start_line <= sym.end_line):
-                add(sym, doc, out, 1.0, count)
+        sym, where, where_out, base = hit
+        if where is doc and (sym is scope or not _outside(sym, visible)
+                             or (scope and sym.start_line <= scope.start_line <= sym.end_line)):
             continue
-        if len(name) < 3:
-            continue
-        for d in implicit:
-            d_out = doc_outline(d)
-            sym = _lookup(d_out, name)
-            if sym is not None:
-                add(sym, d, d_out, 3.0, count)
-                break
-        else:
-            if lang == "java" and doc.path is not None and name[:1].isupper():
-                d = resolver.open_file(doc.path.parent / f"{name}.java")
-                if d is not None:
-                    d_out = doc_outline(d)
-                    sym = _lookup(d_out, name)
-                    if sym is not None:
-                        add(sym, d, d_out, 3.0, count)
-                        continue
-            for o in resolver.others:
-                o_out = doc_outline(o)
-                sym = _lookup(o_out, name)
-                if sym is not None and sym.kind != "variable":
-                    add(sym, o, o_out, 2.0, count)
-                    break
+        add(sym, where, where_out, base, name_counts[name])
     # Names imported from local code but not used nearby yet: the cursor's own line may be their
     # first use, and that line is left out above so that typing does not change the header.
-    for alias, (imp, original) in bindings.items():
+    for alias, (imp, original) in finder.bindings.items():
         if (alias, None) in uses or not original:
             continue
-        docs = resolver.module_docs(imp, lang)
+        docs = finder.resolver.module_docs(imp, finder.lang)
         if None in docs and alias not in docs:
             t_out = doc_outline(docs[None])
             sym = _lookup(t_out, original)
@@ -321,6 +347,159 @@ def signatures_source(doc: DocumentView, cursor_line: int, others: list[Document
                 add(sym, docs[None], t_out, 2.5, 0)
     ranked = sorted(found.values(), key=lambda s: (-s.rank, s.order))
     return ranked[: config.max_signatures]
+
+
+# --------------------------------------------------------------------------- the call at the cursor
+
+_CALLEE = re.compile(r"([A-Za-z_]\w*)(?:\s*\.\s*([A-Za-z_]\w*))*\s*$")
+_DEFINITION_LINE = re.compile(r"[ \t]*(?:async\s+)?(?:def|class|fn|func|function)\s")
+_ATTRIBUTE_AT_CURSOR = re.compile(r"([A-Za-z_]\w*)\s*\.\s*\w*$")
+
+
+class CursorTarget(NamedTuple):
+    """What the code before the cursor is in the middle of: a call `name(`, `name.attr(` or a member access `name.`."""
+
+    name: str
+    attr: str | None
+    kind: str   # "call" or "member"
+    key: str    # the callee as written, without spaces: "name(", "name.attr(", "name."
+    end: int    # index in the line just after the `(` or `.`
+
+
+def cursor_target(line_before_cursor: str) -> CursorTarget | None:
+    """The call or member access that the cursor is in, from its line's text before the cursor.
+
+    `name.` or `name.par` right before the cursor is a member access of
+    `name`; otherwise the innermost bracket left open on the line, when it
+    is a call `name(`, `name.attr(`, is that call. Strings are skipped so
+    that brackets inside them do not count.
+    """
+    code = _mask_strings(line_before_cursor)
+    m = _ATTRIBUTE_AT_CURSOR.search(code)
+    if m is not None:
+        return CursorTarget(m.group(1), None, "member", m.group(1) + ".", code.index(".", m.start()) + 1)
+    opened: list[int] = []
+    for i, ch in enumerate(code):
+        if ch in "([{":
+            opened.append(i)
+        elif ch in ")]}" and opened:
+            opened.pop()
+    if not opened or code[opened[-1]] != "(":
+        return None
+    m = _CALLEE.search(code[: opened[-1]])
+    if m is None:
+        return None
+    chain = re.split(r"\s*\.\s*", m.group(0).strip())
+    return CursorTarget(chain[0], chain[1] if len(chain) > 1 else None, "call", ".".join(chain) + "(", opened[-1] + 1)
+
+
+def _mask_strings(line: str) -> str:
+    """`line` with the inside of its quoted strings replaced by spaces (an open string runs to the end)."""
+    out, quote, i = [], "", 0
+    while i < len(line):
+        ch = line[i]
+        if quote:
+            if ch == "\\":
+                out.append("  ")
+                i += 2
+                continue
+            out.append(quote if ch == quote else " ")
+            quote = "" if ch == quote else quote
+        else:
+            if ch in "\"'`":
+                quote = ch
+            out.append(ch)
+        i += 1
+    return "".join(out)[: len(line)]
+
+
+def usages_source(doc: DocumentView, offset: int, others: list[DocumentView], *,
+                  config: ContextConfig = ContextConfig(), workspace_root: Path | None = None,
+                  visible: range = _NO_LINES) -> Snippet | None:
+    """Other uses of what the cursor is calling or reaching into, as a note of a line or two.
+
+    For `name(` (or `name.`) right before the cursor, where `name` is
+    defined in the project (this file, an open document, a module the file
+    imports), the lines that call it elsewhere (this file outside the
+    prompt's lines, open documents, files of the same folder), the ones
+    whose surroundings look most like the cursor's first. It goes right
+    above the cursor's line, not into the header: only the note and the
+    cursor's line are recomputed when it appears, the header and the rest
+    of the prefix keep their KV-cache. Real calls, not the definition: a
+    small model copies what it is shown, and a call shows the argument
+    shapes that this code base passes (a signature made it copy parameter
+    names in place of the caller's variables; docs/eval.md).
+    """
+    start = doc.text.rfind("\n", 0, offset) + 1
+    if _DEFINITION_LINE.match(doc.text, start):
+        return None
+    target = cursor_target(doc.text[start:offset])
+    if target is None:
+        return None
+    name, attr, kind, key = target.name, target.attr, target.kind, target.key
+    finder = _Finder(doc, others, config, workspace_root)
+    module = finder.module_members(name) if kind == "member" else None
+    hit = finder.find(name, attr) if module is None else None
+    if module is None and (hit is None or hit[0].kind == "variable"):
+        return None
+    defining = module[0] if module is not None else hit[1]
+    lines = doc.text.split("\n")
+    cursor_line = doc.text.count("\n", 0, start)
+    # what the cursor's line says up to the call, not the arguments being typed: the note holds still while they are
+    query = _similar.identifiers("\n".join(lines[max(0, cursor_line - 5):cursor_line]) + "\n"
+                                 + doc.text[start:start + target.end])
+    pattern = re.compile(r"(?<![\w.])" + r"\s*\.\s*".join(map(re.escape, key[:-1].split("."))) + r"\s*" + re.escape(key[-1]))
+    found: list[tuple[float, int, str, int, str]] = []
+    seen_rest: set[str] = set()
+    for rank, d in enumerate(_usage_documents(doc, defining, finder, config, workspace_root)):
+        d_lines = lines if d is doc else d.text.split("\n")
+        origin = "this file" if d is doc else display_name(d, workspace_root)
+        for i, line in enumerate(d_lines):
+            if len(line) > 200 or line.lstrip().startswith(("#", "//")):
+                continue
+            m = pattern.search(_mask_strings(line))
+            if m is None or (d is doc and (i == cursor_line or i in visible)) or _DEFINITION_LINE.match(line):
+                continue
+            rest = line[m.end():].strip()
+            if not rest or rest in seen_rest:
+                continue
+            seen_rest.add(rest)
+            score = _similar.jaccard(query, _similar.identifiers("\n".join(d_lines[max(0, i - 5):i + 1])))
+            found.append((-score, rank, origin, i, line.strip()))
+    if not found:
+        return None
+    found.sort()
+    chosen = found[:2]
+    text = "\n".join(line for *_, line in chosen)
+    return Snippet("usages", "", text, 0.0, (), chosen[0][2], chosen[0][3], doc.language_id)
+
+
+_USAGE_FOLDER_FILES = 32
+
+
+def _usage_documents(doc: DocumentView, defining: DocumentView, finder: "_Finder", config: ContextConfig,
+                     root: Path | None) -> list[DocumentView]:
+    """Where to look for uses: this file, open documents, the defining module, files beside this one."""
+    docs = [doc] + [o for o in finder.resolver.others] + [defining]
+    if doc.path is not None and root is not None:
+        try:
+            siblings = sorted(p for p in doc.path.parent.iterdir() if p.suffix == doc.path.suffix and p != doc.path)
+        except OSError:
+            siblings = []
+        for p in siblings[:_USAGE_FOLDER_FILES]:
+            d = finder.resolver.open_file(p)
+            if d is not None:
+                docs.append(d)
+    out, seen = [], set()
+    for d in docs:
+        try:
+            where = d.path.resolve() if d.path is not None else d.uri
+        except OSError:
+            where = d.uri
+        if d.uri not in seen and where not in seen:  # the editor's text of this file, never its copy on disk
+            seen.update((d.uri, where))
+            out.append(d)
+    return out
 
 
 # --------------------------------------------------------------------------- same-indent blocks

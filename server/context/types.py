@@ -27,6 +27,7 @@ class ContextConfig:
     signatures: bool = True
     siblings: bool = True
     similar: bool = True
+    usages: bool = True             # other calls of what the cursor calls, as a note above its line
     budget_tokens: int = 2048
     header_share: float = 0.25
     prefix_share: float = 0.60
@@ -42,6 +43,7 @@ class ContextConfig:
     max_workspace_file_bytes: int = 256_000
     max_document_chars: int = 1_000_000  # other documents larger than this are skipped
     include_path: bool = True       # end the header with the current file's path
+    usages_tokens: int = 48         # the usages note's budget, taken from the header share
 
     def budgets(self) -> tuple[int, int, int]:
         """(header, prefix, suffix) token budgets."""
@@ -60,13 +62,24 @@ class ContextConfig:
 class PromptParts:
     """What the engine gets: a stable header, the text before and after the cursor.
 
-    `provenance` has one entry per part that went in: {"source", "tokens", "items", "origins"}.
+    `note` (comment lines on the call at the cursor, or "") sits inside
+    `prefix`, right before the cursor's line; the rest of `prefix` is the
+    document's text. `provenance` has one entry per part that went in:
+    {"source", "tokens", "items", "origins"}.
     """
 
     header: str
     prefix: str
     suffix: str
     provenance: list[dict] = field(default_factory=list)
+    note: str = ""
+
+    def document_prefix(self) -> str:
+        """`prefix` without the note: text of the document that ends at the cursor."""
+        if not self.note:
+            return self.prefix
+        cut = self.prefix.rfind(self.note)
+        return self.prefix[:cut] + self.prefix[cut + len(self.note):]
 
 
 @dataclass(frozen=True)

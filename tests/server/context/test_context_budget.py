@@ -88,12 +88,13 @@ def test_build_context_never_exceeds_any_budget(offset, budget):
     parts = build_context(_doc(text), offset, [OTHER], config=cfg, count_tokens=count_tokens,
                           workspace_root=Path("/ws"))
     h, p, s = cfg.budgets()
-    assert count_tokens(parts.header) <= h
-    assert count_tokens(parts.prefix) <= p
+    assert count_tokens(parts.header) + count_tokens(parts.note) <= h
+    assert count_tokens(parts.document_prefix()) <= p
     assert count_tokens(parts.suffix) <= s
-    assert text[:offset].endswith(parts.prefix) and text[offset:].startswith(parts.suffix)
+    assert text[:offset].endswith(parts.document_prefix()) and text[offset:].startswith(parts.suffix)
     spent = {e["source"]: e["tokens"] for e in parts.provenance}
     assert spent["prefix"] == count_tokens(parts.prefix) and spent["header"] == count_tokens(parts.header)
+    assert spent.get("cursor", 0) == count_tokens(parts.note)
 
 
 def test_build_context_provenance_names_each_source():

@@ -97,10 +97,10 @@ def type_lines(tmp_path: Path, config: ContextConfig):
         typed += line + "\n"
 
 
-TIGHT = ContextConfig(budget_tokens=300, header_share=0.4, prefix_share=0.45, suffix_share=0.15, snap_lines=4)
+TIGHT = ContextConfig(budget_tokens=480, header_share=0.55, prefix_share=0.3, suffix_share=0.15, snap_lines=4)
 
 
-@pytest.mark.parametrize("config", [ContextConfig(budget_tokens=600, snap_lines=8), TIGHT], ids=["roomy", "tight"])
+@pytest.mark.parametrize("config", [ContextConfig(budget_tokens=800, snap_lines=8), TIGHT], ids=["roomy", "tight"])
 def test_header_is_identical_while_typing_on_a_line(tmp_path, config):
     headers: dict[int, set[str]] = {}
     keystrokes = changes = 0
