@@ -21,7 +21,7 @@ from ..secrets import find_secrets, is_env_file, redact_secrets, redact_spans
 from .budget import comment_out, fit_header, render_header, text_tokens, trim_prefix, trim_suffix
 from .parse import language_of
 from .sources import (
-    cursor_target,
+    cursor_targets,
     display_name,
     imports_source,
     signatures_source,
@@ -119,11 +119,11 @@ def _usages_note(doc: DocumentView, offset: int, stable: DocumentView, others: l
                  workspace_root: Path | None, lang: str, visible: range, provenance: list[dict]) -> str:
     """The usages note (`usages_source`) as comment lines to go above the cursor's line, redacted and fitted."""
     start = doc.text.rfind("\n", 0, offset) + 1
-    target = cursor_target(doc.text[start:offset])
-    if target is None:
+    targets = cursor_targets(doc.text[start:offset])
+    if not targets:
         return ""
     # A function of the document without its cursor line and of that line up to the call: memoized like the header.
-    key = ("usages", stable.text, doc.text[start:start + target.end], doc.uri, doc.language_id, doc.path,
+    key = ("usages", stable.text, doc.text[start:start + max(t.end for t in targets)], doc.uri, doc.language_id, doc.path,
            tuple((o.uri, o.text) for o in others), visible.start, visible.stop, config, budget, count_tokens,
            workspace_root)
     now = time.monotonic()

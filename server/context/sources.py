@@ -366,31 +366,31 @@ class CursorTarget(NamedTuple):
     end: int    # index in the line just after the `(` or `.`
 
 
-def cursor_target(line_before_cursor: str) -> CursorTarget | None:
-    """The call or member access that the cursor is in, from its line's text before the cursor.
+def cursor_targets(line_before_cursor: str) -> list[CursorTarget]:
+    """The member access and the call that the cursor is in, innermost first, from its line before the cursor.
 
     `name.` or `name.par` right before the cursor is a member access of
-    `name`; otherwise the innermost bracket left open on the line, when it
-    is a call `name(`, `name.attr(`, is that call. Strings are skipped so
-    that brackets inside them do not count.
+    `name`; the innermost bracket left open on the line, when it is a call
+    `name(` or `name.attr(`, is the call. Strings are skipped so that
+    brackets inside them do not count.
     """
     code = _mask_strings(line_before_cursor)
+    targets = []
     m = _ATTRIBUTE_AT_CURSOR.search(code)
     if m is not None:
-        return CursorTarget(m.group(1), None, "member", m.group(1) + ".", code.index(".", m.start()) + 1)
+        targets.append(CursorTarget(m.group(1), None, "member", m.group(1) + ".", code.index(".", m.start()) + 1))
     opened: list[int] = []
     for i, ch in enumerate(code):
         if ch in "([{":
             opened.append(i)
         elif ch in ")]}" and opened:
             opened.pop()
-    if not opened or code[opened[-1]] != "(":
-        return None
-    m = _CALLEE.search(code[: opened[-1]])
-    if m is None:
-        return None
-    chain = re.split(r"\s*\.\s*", m.group(0).strip())
-    return CursorTarget(chain[0], chain[1] if len(chain) > 1 else None, "call", ".".join(chain) + "(", opened[-1] + 1)
+    m = _CALLEE.search(code[: opened[-1]]) if opened and code[opened[-1]] == "(" else None
+    if m is not None:
+        chain = re.split(r"\s*\.\s*", m.group(0).strip())
+        targets.append(CursorTarget(chain[0], chain[1] if len(chain) > 1 else None, "call", ".".join(chain) + "(",
+                                    opened[-1] + 1))
+    return targets
 
 
 def _mask_strings(line: str) -> str:
@@ -433,9 +433,15 @@ def usages_source(doc: DocumentView, offset: int, others: list[DocumentView], *,
     start = doc.text.rfind("\n", 0, offset) + 1
     if _DEFINITION_LINE.match(doc.text, start):
         return None
-    target = cursor_target(doc.text[start:offset])
-    if target is None:
-        return None
+    for target in cursor_targets(doc.text[start:offset]):
+        note = _usages_of(target, doc, start, others, config, workspace_root, visible)
+        if note is not None:
+            return note
+    return None
+
+
+def _usages_of(target: CursorTarget, doc: DocumentView, start: int, others: list[DocumentView],
+               config: ContextConfig, workspace_root: Path | None, visible: range) -> Snippet | None:
     name, attr, kind, key = target.name, target.attr, target.kind, target.key
     finder = _Finder(doc, others, config, workspace_root)
     module = finder.module_members(name) if kind == "member" else None

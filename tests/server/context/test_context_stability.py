@@ -126,3 +126,38 @@ def test_prefix_start_holds_still_while_typing(tmp_path):
     assert all(s != '"""Order service."""' for s in starts)  # really cut
     moves = sum(a != b for a, b in zip(starts, starts[1:]))
     assert moves <= 4 and len(starts) > 80, moves
+
+
+def test_typing_a_call_costs_the_note_and_the_line_not_the_prompt(tmp_path, tiny_llama_dir):
+    """Engine cache counters while a line with a call is typed: the usages note appears at `load_orders(`
+    and what the engine computes is that note and the cursor's line, never the header or the prefix above."""
+    from keystroke.engine.api import CompletionRequest, StopPolicy
+    from keystroke.engine.engine import Engine
+
+    root, path = workspace(tmp_path)
+    (root / "shop" / "report.py").write_text(
+        "from .models import load_orders\n\n\ndef summary(path):\n    orders = load_orders(path)\n"
+        "    return len(orders)\n")
+    engine = Engine.load(tiny_llama_dir, quant="fp32", cache_dir=tmp_path / "kv", threads=1)
+    engine.response_cache = None
+    config = ContextConfig(budget_tokens=800, snap_lines=8)
+    line = "            again = load_orders(self.path)"
+    notes, computed = [], []
+    for ci in range(len(line) + 1):
+        before = SERVICE_HEAD + line[:ci]
+        text = before + "\n" + SERVICE_TAIL
+        doc = DocumentView(path.as_uri(), text, "python", path)
+        parts = build_context(doc, len(before), [], config=config, count_tokens=count_tokens, workspace_root=root)
+        r = engine.complete(CompletionRequest(doc_id=path.as_uri(), prefix=parts.prefix, suffix=parts.suffix,
+                                              header=parts.header, stop=StopPolicy(max_tokens=1, mode="line")))
+        notes.append(parts.note)
+        if ci:
+            computed.append(r.timings.computed_tokens)
+        note_and_line = len(engine.tokenizer.encode(parts.note + line[:ci])) + 4
+        if ci and not r.timings.typed_through:
+            assert r.timings.computed_tokens <= note_and_line, (ci, r.timings)
+    opened = line.index("(") + 1
+    # from the `(` to the `)` that closes the call: one note, byte for byte; before and after it: none
+    assert not any(notes[:opened]) and not notes[-1]
+    assert all("# orders = load_orders(path)" in n for n in notes[opened:-1]) and len(set(notes[opened:-1])) == 1
+    assert sum(computed) < len(line) * 8  # and the whole line cost little: no keystroke recomputed the prompt

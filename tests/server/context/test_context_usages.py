@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from keystroke.server.context import ContextConfig, DocumentView, build_context, usages_source
-from keystroke.server.context.sources import cursor_target
+from keystroke.server.context.sources import cursor_targets
 
 MODELS = '''"""Orders and how they are stored."""
 
@@ -58,21 +58,22 @@ def workspace(tmp_path: Path) -> tuple[Path, DocumentView]:
 
 
 @pytest.mark.parametrize("line, expected", [
-    ("    x = load_orders(", ("load_orders", None, "call", "load_orders(")),
-    ("    x = shop.models.load_orders(a, ", ("shop", "models", "call", "shop.models.load_orders(")),
-    ("    f(a, g(b, ", ("g", None, "call", "g(")),
-    ("    return models.", ("models", None, "member", "models.")),
-    ("    return models.lo", ("models", None, "member", "models.")),
-    ('    print("(", load_orders(p', ("load_orders", None, "call", "load_orders(")),
-    ("    f(a)", None),
-    ("    x = [1, (2", None),
-    ('    s = "f(', None),
+    ("    x = load_orders(", [("load_orders", None, "call", "load_orders(")]),
+    ("    x = shop.models.load_orders(a, ", [("shop", "models", "call", "shop.models.load_orders(")]),
+    ("    f(a, g(b, ", [("g", None, "call", "g(")]),
+    ("    return models.", [("models", None, "member", "models.")]),
+    ("    return models.lo", [("models", None, "member", "models.")]),
+    ("    x = load_orders(self.pa", [("self", None, "member", "self."), ("load_orders", None, "call", "load_orders(")]),
+    ('    print("(", load_orders(p', [("load_orders", None, "call", "load_orders(")]),
+    ("    f(a)", []),
+    ("    x = [1, (2", []),
+    ('    s = "f(', []),
 ])
-def test_cursor_target_reads_the_call_or_member_the_cursor_is_in(line, expected):
-    target = cursor_target(line)
-    assert (target[:4] if target else None) == expected
-    if target:
-        assert line[:target.end].replace(" ", "").endswith(target.key)
+def test_cursor_targets_read_the_member_and_the_call_the_cursor_is_in(line, expected):
+    targets = cursor_targets(line)
+    assert [t[:4] for t in targets] == expected
+    for t in targets:
+        assert line[:t.end].replace(" ", "").endswith(t.key)
 
 
 def test_usages_are_real_calls_from_other_files_most_alike_first(tmp_path):
