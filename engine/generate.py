@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 
 from .api import SamplingParams, StopPolicy, StopReason
-from .healing import HealPlan
+from .healing import HealPlan, vocab_index
 from .kvcache import KVCache
 from .sampling import make_generator, sample
 from .stops import StopChecker
@@ -92,6 +92,7 @@ class _Row:
     cut: int | None = None
     fed: int = 0
     pending: str = ""  # healed text not yet matched by generated tokens
+    started: bool = False  # some non-blank text has come out
 
     def text(self, heal: HealPlan | None) -> str:
         if self.pending:  # stopped before re-typing what healing removed: nothing new
@@ -132,6 +133,7 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
     allowed = heal.allowed_mask(tokenizer, logits.shape[-1]) if heal is not None else None
     tail = list(prompt_ids)[-REPETITION_WINDOW:]
     eos = tokenizer.eos_ids
+    stay_on_line = stop.mode == "line" and continues_on_line(line_before_cursor)
 
     def finish(reason: StopReason) -> None:
         for row in rows:
@@ -148,6 +150,8 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
             finish("deadline")
             break
         prev = [tail + row.ids for row in rows] if sampling.repetition_penalty != 1.0 else None
+        if stay_on_line:
+            allowed = _without_line_breaks(rows, allowed, tokenizer, logits.shape[-1])
         tokens = sample(logits, sampling, generator, prev, allowed)
         for row, token in zip(rows, tokens.tolist()):
             if row.reason is not None:
@@ -165,6 +169,7 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
                 continue
             if heal is not None:
                 text = heal.strip(text)
+            row.started = row.started or bool(text.strip())
             hit = row.checker.check(text)
             if hit is not None:
                 row.reason, row.cut = hit.reason, hit.cut
@@ -186,6 +191,34 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
         seen.add(text)
         out.append(Generated(row.ids, text, row.reason or "max_tokens", row.fed))
     return out
+
+
+_OPEN_ENDS = tuple("([{,.=+-*/%&|^<>")
+
+
+def continues_on_line(line_before_cursor: str) -> bool:
+    """Whether the code before the cursor is left open (a bracket, a comma, an operator, a dot).
+
+    There a line-mode completion that starts with a line break would show
+    nothing, although the user is visibly in the middle of something: the
+    model is then asked for its best continuation on the same line
+    (Black-formatted code teaches a model to break after `name(`).
+    """
+    code = line_before_cursor.rstrip()
+    return bool(code.strip()) and code.endswith(_OPEN_ENDS)
+
+
+def _without_line_breaks(rows: list[_Row], allowed: torch.Tensor | None, tokenizer: Tokenizer,
+                         size: int) -> torch.Tensor | None:
+    """`allowed`, narrowed for the rows that have shown nothing yet to tokens that do not start a new line."""
+    waiting = [row.reason is None and not row.started and not row.pending for row in rows]
+    if not any(waiting):
+        return allowed
+    breaks = vocab_index(tokenizer).line_breaks(size)
+    base = allowed if allowed is not None else torch.ones(size, dtype=torch.bool)
+    if base.dim() == 1:
+        base = base.expand(len(rows), size)
+    return torch.stack([b & ~breaks if w else b for b, w in zip(base, waiting)])
 
 
 def _healing_mask(rows: list[_Row], heal: HealPlan | None, tokenizer: Tokenizer,

@@ -49,6 +49,21 @@ class VocabIndex:
         self.excluded = excluded
         self.size = max(len(strings), tokenizer.vocab_size)
         self.build_seconds = time.perf_counter() - t0
+        self._line_breaks: torch.Tensor | None = None
+
+    def line_breaks(self, size: int | None = None) -> torch.Tensor:
+        """(size,) bool: True for the tokens whose text is blanks and then a line break, or starts with one."""
+        if self._line_breaks is None:
+            out = np.zeros(self.size, dtype=np.bool_)
+            for i, s in enumerate(self.strings):
+                if s.lstrip(" \t")[:1] in ("\n", "\r"):
+                    out[i] = True
+            self._line_breaks = torch.from_numpy(out)
+        mask = self._line_breaks
+        size = size or self.size
+        if size <= mask.shape[0]:
+            return mask[:size]
+        return torch.cat([mask, torch.zeros(size - mask.shape[0], dtype=torch.bool)])
 
     def extending(self, text: str) -> np.ndarray:
         """Ids of the tokens whose text starts with `text`."""

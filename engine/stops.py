@@ -17,6 +17,9 @@ Decisions, so the server can rely on them:
   A newline that comes before any non-whitespace stops too (the completion
   is then blank): the cursor's line is what the user asked to complete, and
   a model that starts a new line says it has nothing to add to it.
+  Except where the line is visibly unfinished (it ends in an open
+  bracket, a comma, an operator or a dot): there `generate` does not let
+  the first token break the line (`continues_on_line`).
 - **Block mode** completes the statement at the cursor with its nested
   body. The starting level is the indentation of the cursor's line
   (including whitespace the completion adds before its first character).

@@ -297,3 +297,38 @@ def test_end_to_end_on_a_tiny_checkpoint_with_healing(tmp_path):
     assert written.startswith(plan.removed_text)
     assert g.text == written[len(plan.removed_text):]  # the typed part is not repeated
     assert cache.length == len(plan.ids) + g.fed
+
+
+class Ranked:
+    """A model whose logits at step k rank the tokens of `steps[k]` first to last (EOS after the last step)."""
+
+    def __init__(self, steps):
+        self.steps, self.calls = steps, 0
+
+    def logits_for(self, step, rows):
+        out = torch.full((rows, TOK.vocab_size), -5.0)
+        for rank, token in enumerate(self.steps[step] if step < len(self.steps) else [EOS]):
+            out[:, token] = 5.0 - rank
+        return out
+
+    def first(self):
+        return self.logits_for(0, 1)
+
+    def __call__(self, tokens, cache, decode=False):
+        self.calls += 1
+        return self.logits_for(self.calls, tokens.shape[0])
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("    x = frame(", "master)"),     # open bracket: the best continuation on the same line
+    ("    x = a +", "master)"),
+    ("    x = 1", ""),                 # a finished line: a line break means nothing to add
+    ("", ""),
+])
+def test_line_mode_does_not_start_with_a_line_break_after_an_open_bracket(line, expected):
+    (nl,) = TOK.encode("\n")
+    steps = [[nl] + ids("m"), ids("a"), ids("s"), ids("t"), ids("e"), ids("r"), ids(")"), [nl]]
+    model = Ranked(steps)
+    out = generate(model, FakeCache(), model.first(), TOK, sampling=SamplingParams(),
+                   stop=StopPolicy(max_tokens=16, mode="line"), line_before_cursor=line)
+    assert (out[0].text if out else "") == expected
