@@ -370,9 +370,9 @@ def cursor_targets(line_before_cursor: str) -> list[CursorTarget]:
     """The member access and the call that the cursor is in, innermost first, from its line before the cursor.
 
     `name.` or `name.par` right before the cursor is a member access of
-    `name`; the innermost bracket left open on the line, when it is a call
-    `name(` or `name.attr(`, is the call. Strings are skipped so that
-    brackets inside them do not count.
+    `name`; the innermost call left open on the line (`name(` or
+    `name.attr(`, also around an open list or dict) is the call. Strings are
+    skipped so that brackets inside them do not count.
     """
     code = _mask_strings(line_before_cursor)
     targets = []
@@ -385,11 +385,13 @@ def cursor_targets(line_before_cursor: str) -> list[CursorTarget]:
             opened.append(i)
         elif ch in ")]}" and opened:
             opened.pop()
-    m = _CALLEE.search(code[: opened[-1]]) if opened and code[opened[-1]] == "(" else None
-    if m is not None:
-        chain = re.split(r"\s*\.\s*", m.group(0).strip())
-        targets.append(CursorTarget(chain[0], chain[1] if len(chain) > 1 else None, "call", ".".join(chain) + "(",
-                                    opened[-1] + 1))
+    for at in reversed(opened):  # the innermost call: through a list or a dict being written as its argument
+        m = _CALLEE.search(code[:at]) if code[at] == "(" else None
+        if m is not None:
+            chain = re.split(r"\s*\.\s*", m.group(0).strip())
+            targets.append(CursorTarget(chain[0], chain[1] if len(chain) > 1 else None, "call",
+                                        ".".join(chain) + "(", at + 1))
+            break
     return targets
 
 
@@ -416,19 +418,21 @@ def _mask_strings(line: str) -> str:
 def usages_source(doc: DocumentView, offset: int, others: list[DocumentView], *,
                   config: ContextConfig = ContextConfig(), workspace_root: Path | None = None,
                   visible: range = _NO_LINES) -> Snippet | None:
-    """Other uses of what the cursor is calling or reaching into, as a note of a line or two.
+    """Another call of what the cursor is calling or reaching into: a note of a line (`usages_lines`).
 
     For `name(` (or `name.`) right before the cursor, where `name` is
     defined in the project (this file, an open document, a module the file
-    imports), the lines that call it elsewhere (this file outside the
-    prompt's lines, open documents, files of the same folder), the ones
-    whose surroundings look most like the cursor's first. It goes right
-    above the cursor's line, not into the header: only the note and the
-    cursor's line are recomputed when it appears, the header and the rest
-    of the prefix keep their KV-cache. Real calls, not the definition: a
-    small model copies what it is shown, and a call shows the argument
-    shapes that this code base passes (a signature made it copy parameter
-    names in place of the caller's variables; docs/eval.md).
+    imports), the calls of it elsewhere (this file outside the prompt's
+    lines, open documents, files of the same folder), the one whose
+    surroundings look most like the cursor's first. None when the prompt's
+    lines already hold a call of it: that one is the better example.
+
+    It goes right above the cursor's line, not into the header: only the
+    note and the cursor's line are recomputed when it appears, the header
+    and the rest of the prefix keep their KV-cache. Real calls, not the
+    definition: a small model copies what it is shown, and a call shows the
+    argument shapes that this code base passes (a signature made it copy
+    parameter names in place of the caller's variables; docs/eval.md).
     """
     start = doc.text.rfind("\n", 0, offset) + 1
     if _DEFINITION_LINE.match(doc.text, start):
@@ -457,6 +461,7 @@ def _usages_of(target: CursorTarget, doc: DocumentView, start: int, others: list
     pattern = re.compile(r"(?<![\w.])" + r"\s*\.\s*".join(map(re.escape, key[:-1].split("."))) + r"\s*" + re.escape(key[-1]))
     found: list[tuple[float, int, str, int, str]] = []
     seen_rest: set[str] = set()
+    shown = False
     for rank, d in enumerate(_usage_documents(doc, defining, finder, config, workspace_root)):
         d_lines = lines if d is doc else d.text.split("\n")
         origin = "this file" if d is doc else display_name(d, workspace_root)
@@ -464,6 +469,8 @@ def _usages_of(target: CursorTarget, doc: DocumentView, start: int, others: list
             if len(line) > 200 or line.lstrip().startswith(("#", "//")):
                 continue
             m = pattern.search(_mask_strings(line))
+            if m is not None and d is doc and i in visible and i != cursor_line:
+                shown = True
             if m is None or (d is doc and (i == cursor_line or i in visible)) or _DEFINITION_LINE.match(line):
                 continue
             rest = line[m.end():].strip()
@@ -472,10 +479,10 @@ def _usages_of(target: CursorTarget, doc: DocumentView, start: int, others: list
             seen_rest.add(rest)
             score = _similar.jaccard(query, _similar.identifiers("\n".join(d_lines[max(0, i - 5):i + 1])))
             found.append((-score, rank, origin, i, line.strip()))
-    if not found:
+    if not found or shown:  # a call within the prompt's lines is the better example, and the nearer one
         return None
     found.sort()
-    chosen = found[:2]
+    chosen = found[:max(1, config.usages_lines)]
     text = "\n".join(line for *_, line in chosen)
     return Snippet("usages", "", text, 0.0, (), chosen[0][2], chosen[0][3], doc.language_id)
 

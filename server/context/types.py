@@ -44,6 +44,7 @@ class ContextConfig:
     max_document_chars: int = 1_000_000  # other documents larger than this are skipped
     include_path: bool = True       # end the header with the current file's path
     usages_tokens: int = 48         # the usages note's budget, taken from the header share
+    usages_lines: int = 1           # at most this many calls in the note
 
     def budgets(self) -> tuple[int, int, int]:
         """(header, prefix, suffix) token budgets."""

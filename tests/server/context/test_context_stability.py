@@ -129,19 +129,19 @@ def test_prefix_start_holds_still_while_typing(tmp_path):
 
 
 def test_typing_a_call_costs_the_note_and_the_line_not_the_prompt(tmp_path, tiny_llama_dir):
-    """Engine cache counters while a line with a call is typed: the usages note appears at `load_orders(`
+    """Engine cache counters while a line with a call is typed: the usages note appears at `Order(`
     and what the engine computes is that note and the cursor's line, never the header or the prefix above."""
     from keystroke.engine.api import CompletionRequest, StopPolicy
     from keystroke.engine.engine import Engine
 
     root, path = workspace(tmp_path)
     (root / "shop" / "report.py").write_text(
-        "from .models import load_orders\n\n\ndef summary(path):\n    orders = load_orders(path)\n"
-        "    return len(orders)\n")
+        "from .models import Order\n\n\ndef single(order_id, line):\n    order = Order(order_id, [line])\n"
+        "    return order\n")
     engine = Engine.load(tiny_llama_dir, quant="fp32", cache_dir=tmp_path / "kv", threads=1)
     engine.response_cache = None
     config = ContextConfig(budget_tokens=800, snap_lines=8)
-    line = "            again = load_orders(self.path)"
+    line = "            again = Order(order.order_id, [])"
     notes, computed = [], []
     for ci in range(len(line) + 1):
         before = SERVICE_HEAD + line[:ci]
@@ -159,5 +159,5 @@ def test_typing_a_call_costs_the_note_and_the_line_not_the_prompt(tmp_path, tiny
     opened = line.index("(") + 1
     # from the `(` to the `)` that closes the call: one note, byte for byte; before and after it: none
     assert not any(notes[:opened]) and not notes[-1]
-    assert all("# orders = load_orders(path)" in n for n in notes[opened:-1]) and len(set(notes[opened:-1])) == 1
+    assert all("# order = Order(order_id, [line])" in n for n in notes[opened:-1]) and len(set(notes[opened:-1])) == 1
     assert sum(computed) < len(line) * 8  # and the whole line cost little: no keystroke recomputed the prompt

@@ -67,6 +67,7 @@ def workspace(tmp_path: Path) -> tuple[Path, DocumentView]:
     ('    print("(", load_orders(p', [("load_orders", None, "call", "load_orders(")]),
     ("    f(a)", []),
     ("    x = [1, (2", []),
+    ("    x = load_orders([a, {b: ", [("load_orders", None, "call", "load_orders(")]),
     ('    s = "f(', []),
 ])
 def test_cursor_targets_read_the_member_and_the_call_the_cursor_is_in(line, expected):
@@ -78,7 +79,7 @@ def test_cursor_targets_read_the_member_and_the_call_the_cursor_is_in(line, expe
 
 def test_usages_are_real_calls_from_other_files_most_alike_first(tmp_path):
     root, doc = workspace(tmp_path)
-    note = usages_source(doc, len(SERVICE), [], workspace_root=root)
+    note = usages_source(doc, len(SERVICE), [], workspace_root=root, config=ContextConfig(usages_lines=2))
     assert note is not None and note.source == "usages"
     lines = note.text.split("\n")
     # `monthly(month_dir)` reads more like `refresh(month_dir)` than the list comprehension does
@@ -89,11 +90,23 @@ def test_usages_are_real_calls_from_other_files_most_alike_first(tmp_path):
 
 def test_usages_skip_definitions_comments_strings_and_the_files_copy_on_disk(tmp_path):
     root, doc = workspace(tmp_path)
-    text = usages_source(doc, len(SERVICE), [], workspace_root=root).text
+    text = usages_source(doc, len(SERVICE), [], workspace_root=root, config=ContextConfig(usages_lines=9)).text
     assert "def load_orders" not in text and "commented_out" not in text and "on_disk_only" not in text
     extra = DocumentView("untitled:scratch", 'msg = "call load_orders(like_this)"\n', "python")
-    text = usages_source(doc, len(SERVICE), [extra], workspace_root=root).text
+    text = usages_source(doc, len(SERVICE), [extra], workspace_root=root, config=ContextConfig(usages_lines=9)).text
     assert "like_this" not in text
+
+
+def test_no_note_when_the_prompt_already_shows_a_call(tmp_path):
+    root, doc = workspace(tmp_path)
+    shown = SERVICE.replace('    log.info("refreshing %s", month_dir)\n',
+                            '    log.info("refreshing %s", month_dir)\n    old = load_orders(month_dir)\n')
+    doc = DocumentView(doc.uri, shown, "python", doc.path)
+    lines = shown.count("\n")
+    assert usages_source(doc, len(shown), [], workspace_root=root, visible=range(0, lines + 1)) is None
+    # the same call outside the prompt's lines does not count as shown
+    note = usages_source(doc, len(shown), [], workspace_root=root, visible=range(lines, lines + 1))
+    assert note is not None and note.text == "old = load_orders(month_dir)"
 
 
 def test_usages_need_a_name_defined_in_the_project(tmp_path):
