@@ -67,6 +67,19 @@ def build_parts(doc: DocumentView, offset: int, others: list[DocumentView], conf
                          count_tokens=count_tokens, workspace_root=workspace_root)
 
 
+def describe_provenance(provenance: list[dict]) -> str:
+    """One log line for a prompt's parts: `source tokens tok (items from origins)`, in prompt order."""
+    parts = []
+    for e in provenance:
+        origins = ", ".join(str(o) for o in e.get("origins", [])[:4])
+        parts.append(f"{e['source']} {e['tokens']} tok ({e['items']}{' from ' + origins if origins else ''})")
+    return "; ".join(parts)
+
+
+def display_uri(uri: str) -> str:
+    return redact(uri.rsplit("/", 1)[-1])[:120]
+
+
 def redact(text: str) -> str:
     return redact_secrets(text)
 
@@ -171,8 +184,8 @@ def count_tokens_of(backend: Any) -> Callable[[str], int]:
 def completion_request(doc: DocumentView, offset: int, others: list[DocumentView], config: Config, *,
                        n: int, version: int, count_tokens: Callable[[str], int],
                        workspace_root: Path | None,
-                       is_cancelled: Callable[[], bool] = lambda: False) -> tuple[CompletionRequest, str]:
-    """The engine request for a cursor at `offset` of `doc`, and the stop mode chosen."""
+                       is_cancelled: Callable[[], bool] = lambda: False) -> tuple[CompletionRequest, str, list[dict]]:
+    """The engine request for a cursor at `offset` of `doc`, the stop mode chosen, and the prompt's provenance."""
     parts = build_parts(doc, offset, others, config, count_tokens, workspace_root)
     mode = choose_mode(doc.text[:offset], doc.text[offset:], doc.language_id)
     # One suggestion: the configured temperature (greedy by default). Several
@@ -183,7 +196,7 @@ def completion_request(doc: DocumentView, offset: int, others: list[DocumentView
                                 version=version, sampling=sampling,
                                 stop=StopPolicy(max_tokens=config.max_tokens, mode=mode), n=n,
                                 is_cancelled=is_cancelled)
-    return request, mode
+    return request, mode, parts.provenance
 
 
 def finish_suggestions(result: CompletionResult, text: str, offset: int, mode: str, language_id: str) -> list[str]:
@@ -698,9 +711,11 @@ class KeystrokeServer(LanguageServer):
 
         def make_work(ticket: Ticket) -> Callable[[], Any]:
             def work() -> tuple[CompletionResult, list[str]]:
-                request, mode = completion_request(doc, offset, others, config, n=n, version=snap.version or 0,
-                                                   count_tokens=count_tokens_of(backend), workspace_root=root,
-                                                   is_cancelled=ticket.is_cancelled)
+                request, mode, provenance = completion_request(
+                    doc, offset, others, config, n=n, version=snap.version or 0,
+                    count_tokens=count_tokens_of(backend), workspace_root=root, is_cancelled=ticket.is_cancelled)
+                self.record.add_context(provenance)
+                log.debug("context for %s: %s", display_uri(snap.uri), describe_provenance(provenance))
                 result = backend.complete(request)
                 return result, finish_suggestions(result, text, offset, mode, snap.language_id)
             return work

@@ -35,6 +35,8 @@ class LatencyRecord:
         self._typed_through = 0
         self._cache_hits = 0
         self._engine_calls = 0
+        self._last_context: list[dict] = []
+        self._context_totals: dict[str, list[int]] = {}  # source -> [prompts it went into, tokens]
 
     def add_latency(self, feature: str, ms: float) -> None:
         with self._lock:
@@ -54,6 +56,16 @@ class LatencyRecord:
             self._reused_disk += t.reused_disk_tokens
             self._typed_through += int(t.typed_through)
             self._cache_hits += int(t.response_cache_hit)
+
+    def add_context(self, provenance: list[dict]) -> None:
+        """The provenance of one prompt (`PromptParts.provenance`): which sources went in, how many tokens."""
+        with self._lock:
+            self._last_context = [dict(e) for e in provenance]
+            for e in provenance:
+                if e.get("tokens"):
+                    total = self._context_totals.setdefault(e["source"], [0, 0])
+                    total[0] += 1
+                    total[1] += int(e["tokens"])
 
     def summary(self) -> dict[str, Any]:
         with self._lock:
@@ -79,6 +91,11 @@ class LatencyRecord:
                     "reused_ratio": _ratio(self._reused_memory + self._reused_disk, prompt),
                     "typed_through_ratio": _ratio(self._typed_through, calls),
                     "response_cache_hit_ratio": _ratio(self._cache_hits, calls),
+                },
+                "context": {
+                    "last": [dict(e) for e in self._last_context],
+                    "sources": {source: {"prompts": n, "mean_tokens": round(tokens / n, 1)}
+                                for source, (n, tokens) in sorted(self._context_totals.items())},
                 },
             }
 

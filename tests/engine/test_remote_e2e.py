@@ -383,7 +383,7 @@ async def _serve_session(llama_server: LlamaServer, tmp_path: Path) -> None:
         # The same pipeline in this process, through the same remote server: what the editor must see.
         backend = make_backend(settings)
         doc = DocumentView(uri, text, "python", tmp_path / "served.py")
-        request, mode = lsp.completion_request(doc, len(text), [], Config(), n=1, version=1,
+        request, mode, _ = lsp.completion_request(doc, len(text), [], Config(), n=1, version=1,
                                                count_tokens=lsp.count_tokens_of(backend), workspace_root=tmp_path)
         want = lsp.finish_suggestions(backend.complete(request), text, len(text), mode, "python")
         assert want, "the in-process pipeline suggested nothing"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import re
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def expected(backend, tmp_path: Path, uri: str, text: str, offset: int, *, confi
     """What the server must suggest at `offset`: the same pipeline, in process."""
     path = Path(to_fs_path(uri))
     doc = DocumentView(uri, text, language_id, path)
-    request, mode = lsp.completion_request(doc, offset, [], config, n=n, version=1,
+    request, mode, _ = lsp.completion_request(doc, offset, [], config, n=n, version=1,
                                            count_tokens=lsp.count_tokens_of(backend), workspace_root=tmp_path)
     return lsp.finish_suggestions(backend.complete(request), text, offset, mode, language_id)
 
@@ -218,6 +219,11 @@ async def test_status_clear_cache_and_toggle(start_server, model, tmp_path):
     assert inline["count"] >= 1 or st["server"]["outcomes"].get("empty", 0) >= 1
     assert set(st["server"]["reuse"]) >= {"reused_ratio", "reused_memory_ratio", "reused_disk_ratio"}
     assert st["server"]["reuse"]["engine_calls"] == 1
+    # provenance of the last prompt: which sources went in and their tokens, in the status and the debug log
+    last = {e["source"]: e for e in st["server"]["context"]["last"]}
+    assert last["prefix"]["tokens"] > 0 and last["prefix"]["origins"] == ["st.py"] and "header" in last
+    assert st["server"]["context"]["sources"]["prefix"]["prompts"] == 1
+    assert re.search(r"context for st\.py: .*prefix \d+ tok \(\d+ from st\.py\)", s.log_text())
     cleared = await s.client.workspace_execute_command_async(types.ExecuteCommandParams(command="keystroke.clearCache"))
     assert cleared is True
     off = await s.client.workspace_execute_command_async(types.ExecuteCommandParams(command="keystroke.toggle"))
