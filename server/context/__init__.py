@@ -40,10 +40,10 @@ __all__ = [
 
 _CONFIG_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".ini": "ini", ".cfg": "ini",
                     ".conf": "ini", ".toml": "toml", ".properties": "properties", ".env": "dotenv"}
-_CHARS_PER_TOKEN_CAP = 32
+_CHARS_PER_TOKEN_CAP = 32  # no tokenizer spends fewer tokens than this on a line's characters
 log = logging.getLogger(__name__)
-HEADER_MEMO_SECONDS = 5.0  # workspace files read for the header may change on disk: look again after this
-_header_memo: dict[tuple, tuple[float, str, tuple[dict, ...]]] = {}  # no tokenizer spends fewer tokens than this on a line's characters
+MEMO_SECONDS = 5.0  # workspace files read for the header and the note may change on disk: look again after this
+_memo: dict[tuple, tuple[float, str, tuple[dict, ...]]] = {}
 
 
 def approx_tokens(text: str) -> int:
@@ -94,16 +94,8 @@ def build_context(doc: DocumentView, offset: int, others: list[DocumentView], *,
     stable, line = stable_view(doc, offset)
     key = (stable.text, line, doc.uri, doc.language_id, doc.path, tuple((o.uri, o.text) for o in others),
            visible.start, visible.stop, config, count_tokens, workspace_root)
-    now = time.monotonic()
-    hit = _header_memo.get(key)
-    if hit is not None and now - hit[0] < HEADER_MEMO_SECONDS:
-        header, provenance = hit[1], [dict(e) for e in hit[2]]
-    else:
-        header, provenance = _header(doc, stable, line, others, config, header_budget - note_budget, count_tokens,
-                                     workspace_root, visible, lang)
-        _header_memo[key] = (now, header, tuple(provenance))
-        while len(_header_memo) > 16:
-            _header_memo.pop(next(iter(_header_memo)))
+    header, provenance = _memoized(key, lambda: _header(doc, stable, line, others, config, header_budget - note_budget,
+                                                        count_tokens, workspace_root, visible, lang))
     note = _usages_note(doc, offset, stable, others, prefix, config, note_budget, count_tokens, workspace_root,
                         lang, visible, provenance) if note_budget else ""
     provenance.append({"source": "prefix", "tokens": text_tokens(prefix, count_tokens), "items": prefix.count("\n") + 1,
@@ -114,6 +106,18 @@ def build_context(doc: DocumentView, offset: int, others: list[DocumentView], *,
     return PromptParts(header, prefix[:cut] + note + prefix[cut:], suffix, provenance, note)
 
 
+def _memoized(key: tuple, compute: Callable[[], tuple[str, list[dict]]]) -> tuple[str, list[dict]]:
+    """`compute()`'s (text, provenance), reused for the same key during MEMO_SECONDS (the keystrokes of one line)."""
+    now = time.monotonic()
+    hit = _memo.get(key)
+    if hit is None or now - hit[0] >= MEMO_SECONDS:
+        text, provenance = compute()
+        hit = _memo[key] = (now, text, tuple(provenance))
+        while len(_memo) > 16:
+            _memo.pop(next(iter(_memo)))
+    return hit[1], [dict(e) for e in hit[2]]
+
+
 def _usages_note(doc: DocumentView, offset: int, stable: DocumentView, others: list[DocumentView], prefix: str,
                  config: ContextConfig, budget: int, count_tokens: Callable[[str], int],
                  workspace_root: Path | None, lang: str, visible: range, provenance: list[dict]) -> str:
@@ -122,36 +126,31 @@ def _usages_note(doc: DocumentView, offset: int, stable: DocumentView, others: l
     targets = cursor_targets(doc.text[start:offset])
     if not targets:
         return ""
-    # A function of the document without its cursor line and of that line up to the call: memoized like the header.
-    key = ("usages", stable.text, doc.text[start:start + max(t.end for t in targets)], doc.uri, doc.language_id, doc.path,
-           tuple((o.uri, o.text) for o in others), visible.start, visible.stop, config, budget, count_tokens,
-           workspace_root)
-    now = time.monotonic()
-    hit = _header_memo.get(key)
-    if hit is not None and now - hit[0] < HEADER_MEMO_SECONDS:
-        provenance.extend(dict(e) for e in hit[2])
-        return hit[1]
-    try:
-        note = usages_source(doc, offset, others, config=config, workspace_root=workspace_root, visible=visible)
-    except Exception as exc:  # like a failing source: no note, the completion goes on
-        log.warning("context source usages failed for %s: %r", doc.uri, exc)
-        note = None
-    text, entries = "", ()
-    cursor_line = prefix[prefix.rfind("\n") + 1:]
-    indent = cursor_line[: len(cursor_line) - len(cursor_line.lstrip(" \t"))]
-    lines = redact_secrets(note.text, language_id=_secret_language(doc.language_id, doc.path)).split("\n") if note else []
-    while lines:
-        text = "".join(indent + line for line in comment_out("\n".join(lines), lang).splitlines(keepends=True))
-        tokens = text_tokens(text, count_tokens)
-        if tokens <= budget:
-            entries = ({"source": "usages", "tokens": tokens, "items": len(lines), "origins": [note.origin]},)
-            break
-        lines.pop()
-        text = ""
-    _header_memo[key] = (now, text, entries)
-    while len(_header_memo) > 16:
-        _header_memo.pop(next(iter(_header_memo)))
-    provenance.extend(dict(e) for e in entries)
+
+    def compute() -> tuple[str, list[dict]]:
+        try:
+            note = usages_source(doc, offset, others, config=config, workspace_root=workspace_root, visible=visible)
+        except Exception as exc:  # like a failing source: no note, the completion goes on
+            log.warning("context source usages failed for %s: %r", doc.uri, exc)
+            return "", []
+        cursor_line = prefix[prefix.rfind("\n") + 1:]
+        indent = cursor_line[: len(cursor_line) - len(cursor_line.lstrip(" \t"))]
+        lines = redact_secrets(note.text, language_id=_secret_language(doc.language_id, doc.path)).split("\n") \
+            if note else []
+        while lines:
+            text = "".join(indent + line for line in comment_out("\n".join(lines), lang).splitlines(keepends=True))
+            tokens = text_tokens(text, count_tokens)
+            if tokens <= budget:
+                return text, [{"source": "usages", "tokens": tokens, "items": len(lines), "origins": [note.origin]}]
+            lines.pop()
+        return "", []
+
+    # A function of the document without its cursor line and of that line up to the call, like the header.
+    key = ("usages", stable.text, doc.text[start:start + max(t.end for t in targets)], doc.uri, doc.language_id,
+           doc.path, tuple((o.uri, o.text) for o in others), visible.start, visible.stop, config, budget,
+           count_tokens, workspace_root)
+    text, entries = _memoized(key, compute)
+    provenance.extend(entries)
     return text
 
 
