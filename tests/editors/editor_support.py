@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -48,6 +49,24 @@ if __name__ == "__main__":
 RETURN_LINE = SAMPLE.splitlines().index("    return ") + 1
 # 1-based line of the stub body that "Implement function" replaces.
 STUB_LINE = SAMPLE.splitlines().index("    raise NotImplementedError") + 1
+
+
+class EditorFiles(NamedTuple):
+    """Where one editor test works: the project folder, SAMPLE in it, the server's log, the driver's result."""
+
+    project: Path
+    sample: Path
+    log_file: Path
+    out: Path
+
+
+def editor_files(tmp_path: Path, folder: str = "project", git_root: bool = True) -> EditorFiles:
+    """A project folder holding geometry.py (SAMPLE), a git root when `git_root`, and the files beside it."""
+    project = tmp_path / folder
+    (project / ".git" if git_root else project).mkdir(parents=True)
+    sample = project / "geometry.py"
+    sample.write_text(SAMPLE)
+    return EditorFiles(project, sample, tmp_path / "serve.log", tmp_path / "result.json")
 
 
 def require_tool(name: str, path: str | Path | None = None) -> str:

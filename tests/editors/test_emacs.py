@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.editors.editor_support import (EDITORS, RETURN_LINE, SAMPLE, STUB_LINE, editor_env,
-                                          require_tool, server_command, server_log_tail)
+from tests.editors.editor_support import (EDITORS, RETURN_LINE, STUB_LINE, editor_env,
+                                          editor_files, require_tool, server_command, server_log_tail)
 
 pytestmark = pytest.mark.real_model
 
@@ -46,12 +46,7 @@ def test_emacs_eglot_completion_preview_and_actions(tmp_path: Path) -> None:
         pytest.fail("eglot is not installed (apt-get install elpa-eglot): run scripts/install_editors.sh",
                     pytrace=False)
 
-    project = tmp_path / "project"
-    (project / ".git").mkdir(parents=True)
-    sample = project / "geometry.py"
-    sample.write_text(SAMPLE)
-    log_file = tmp_path / "serve.log"
-    out = tmp_path / "result.json"
+    project, sample, log_file, out = editor_files(tmp_path)
     env = editor_env(tmp_path / "home") | {
         "HOME": str(tmp_path / "home"),   # no ~/.emacs.d of the developer
         "KS_FILE": str(sample), "KS_OUT": str(out), "KS_LISP": str(LISP),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.editors.editor_support import (EDITORS, RETURN_LINE, SAMPLE, editor_env, require_tool,
+from tests.editors.editor_support import (EDITORS, RETURN_LINE, SAMPLE, editor_env, editor_files, require_tool,
                                           server_command, server_log_tail)
 
 pytestmark = pytest.mark.real_model
@@ -78,12 +78,7 @@ def test_nvim_ghost_text_accept_word_line_and_all(tmp_path: Path) -> None:
     version = subprocess.run([nvim, "--version"], capture_output=True, text=True, timeout=30).stdout
     assert re.search(r"NVIM v0\.(1[2-9])", version), f"Neovim 0.12+ needed for ghost text, got: {version[:40]!r}"
 
-    workspace = tmp_path / "project"
-    (workspace / ".git").mkdir(parents=True)
-    sample = workspace / "geometry.py"
-    sample.write_text(SAMPLE)
-    log_file = tmp_path / "serve.log"
-    out = tmp_path / "result.json"
+    workspace, sample, log_file, out = editor_files(tmp_path)
     init = tmp_path / "init.lua"
     # What a user's init.lua holds (plus the test driver).
     init.write_text(

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.editors.editor_support import (ARTIFACTS, CODE_SERVER, EDITORS, NODE_BIN, RETURN_LINE, SAMPLE,
-                                          require_tool, server_log_tail)
+                                          editor_files, require_tool, server_log_tail)
 
 pytestmark = pytest.mark.real_model
 
@@ -38,14 +38,9 @@ def test_vscode_ghost_text_accepted_with_tab(tmp_path: Path) -> None:
     stale = [p for p in (EXTENSION / "src").iterdir() if p.stat().st_mtime > VSIX.stat().st_mtime]
     assert not stale, f"keystroke.vsix is older than {stale}: run scripts/install_editors.sh"
 
-    workspace = tmp_path / "ws"
-    workspace.mkdir()
-    sample = workspace / "geometry.py"
-    sample.write_text(SAMPLE)
+    workspace, sample, log_file, out = editor_files(tmp_path, "ws", git_root=False)
     artifacts = ARTIFACTS / "vscode"
     shutil.rmtree(artifacts, ignore_errors=True)
-    log_file = tmp_path / "serve.log"
-    out = tmp_path / "result.json"
     env = dict(os.environ) | {
         "PATH": f"{NODE_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "KS_OUT": str(out), "KS_ARTIFACTS": str(artifacts), "KS_HOME": str(tmp_path / "home"),
