@@ -92,7 +92,6 @@ class _Row:
     cut: int | None = None
     fed: int = 0
     pending: str = ""  # healed text not yet matched by generated tokens
-    started: bool = False  # some non-blank text has come out
 
     def text(self, heal: HealPlan | None) -> str:
         if self.pending:  # stopped before re-typing what healing removed: nothing new
@@ -169,7 +168,6 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
                 continue
             if heal is not None:
                 text = heal.strip(text)
-            row.started = row.started or bool(text.strip())
             hit = row.checker.check(text)
             if hit is not None:
                 row.reason, row.cut = hit.reason, hit.cut
@@ -211,7 +209,7 @@ def continues_on_line(line_before_cursor: str) -> bool:
 def _without_line_breaks(rows: list[_Row], allowed: torch.Tensor | None, tokenizer: Tokenizer,
                          size: int) -> torch.Tensor | None:
     """`allowed`, narrowed for the rows that have shown nothing yet to tokens that do not start a new line."""
-    waiting = [row.reason is None and not row.started and not row.pending for row in rows]
+    waiting = [row.reason is None and not row.checker.seen_content and not row.pending for row in rows]
     if not any(waiting):
         return allowed
     breaks = vocab_index(tokenizer).line_breaks(size)

@@ -169,6 +169,11 @@ class StopChecker:
 
     # -- public -------------------------------------------------------------
 
+    @property
+    def seen_content(self) -> bool:
+        """Whether the completion checked so far holds any non-whitespace."""
+        return self._seen_content
+
     def check(self, text: str) -> Stop | None:
         """Feed the whole completion so far; a `Stop` once a rule fires."""
         if not text.startswith(self._text):

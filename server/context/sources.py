@@ -437,17 +437,20 @@ def usages_source(doc: DocumentView, offset: int, others: list[DocumentView], *,
     start = doc.text.rfind("\n", 0, offset) + 1
     if _DEFINITION_LINE.match(doc.text, start):
         return None
-    for target in cursor_targets(doc.text[start:offset]):
-        note = _usages_of(target, doc, start, others, config, workspace_root, visible)
+    targets = cursor_targets(doc.text[start:offset])
+    if not targets:
+        return None
+    finder = _Finder(doc, others, config, workspace_root)
+    for target in targets:
+        note = _usages_of(target, doc, start, finder, config, workspace_root, visible)
         if note is not None:
             return note
     return None
 
 
-def _usages_of(target: CursorTarget, doc: DocumentView, start: int, others: list[DocumentView],
+def _usages_of(target: CursorTarget, doc: DocumentView, start: int, finder: _Finder,
                config: ContextConfig, workspace_root: Path | None, visible: range) -> Snippet | None:
     name, attr, kind, key = target.name, target.attr, target.kind, target.key
-    finder = _Finder(doc, others, config, workspace_root)
     module = finder.module_members(name) if kind == "member" else None
     hit = finder.find(name, attr) if module is None else None
     if module is None and (hit is None or hit[0].kind == "variable"):
@@ -493,7 +496,7 @@ _USAGE_FOLDER_FILES = 32
 def _usage_documents(doc: DocumentView, defining: DocumentView, finder: "_Finder", config: ContextConfig,
                      root: Path | None) -> list[DocumentView]:
     """Where to look for uses: this file, open documents, the defining module, files beside this one."""
-    docs = [doc] + [o for o in finder.resolver.others] + [defining]
+    docs = [doc, *finder.resolver.others, defining]
     if doc.path is not None and root is not None:
         try:
             siblings = sorted(p for p in doc.path.parent.iterdir() if p.suffix == doc.path.suffix and p != doc.path)
