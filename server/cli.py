@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list models, or pull one")
     models.add_argument("action", nargs="?", choices=["list", "pull"], default="list")
-    models.add_argument("name", nargs="?", help="model to pull (e.g. smollm2)")
+    models.add_argument("name", nargs="?", help="model to pull (e.g. smollm2; default: the default model)")
     return parser
 
 
@@ -71,10 +71,9 @@ def main(argv: list[str] | None = None) -> int:
 def _models(args: argparse.Namespace) -> int:
     from keystroke.engine import registry
     if args.action == "pull":
-        if not args.name:
-            raise KeystrokeError("`keystroke models pull` needs a model name", "see `keystroke models`")
-        path = registry.pull(args.name)
-        print(f"{args.name}: {path}")
+        name = args.name or registry.DEFAULT_MODEL
+        path = registry.pull(name)
+        print(f"{name}: {path}")
         return 0
     for m in registry.list_models():
         where = m["path"] if m["available"] else f"not pulled (keystroke models pull {m['name']})"

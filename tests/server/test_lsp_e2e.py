@@ -18,7 +18,7 @@ from keystroke.server import lsp
 from keystroke.server.config import Config
 from keystroke.server.context import DocumentView
 
-from conftest import REAL_MODEL, assert_clean_log, client_capabilities, send_raw
+from conftest import assert_clean_log, client_capabilities, send_raw
 
 pytestmark = pytest.mark.asyncio
 
@@ -382,8 +382,8 @@ async def test_requests_before_initialize_and_after_shutdown(tmp_path, model):
 # ---------------------------------------------------------------------------
 
 @pytest.mark.real_model
-async def test_real_model_ghost_text(start_server, tmp_path):
-    s = await start_server(REAL_MODEL)
+async def test_real_model_ghost_text(start_server, real_model, tmp_path):
+    s = await start_server(real_model)
     uri = (tmp_path / "fib.py").as_uri()
     text = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fib"
     s.open(uri, text)
@@ -408,8 +408,8 @@ async def test_real_model_ghost_text(start_server, tmp_path):
 
 
 @pytest.mark.real_model
-async def test_real_model_cancel_stops_a_running_decode(start_server, tmp_path):
-    s = await start_server(REAL_MODEL, init_options={"maxTokens": 256, "debounceMs": 0})
+async def test_real_model_cancel_stops_a_running_decode(start_server, real_model, tmp_path):
+    s = await start_server(real_model, init_options={"maxTokens": 256, "debounceMs": 0})
     uri = (tmp_path / "long.py").as_uri()
     text = "import json\n\n\ndef load_settings(path):\n    "
     s.open(uri, text)
