@@ -20,7 +20,6 @@ StopReason = Literal[
     "block",        # block mode: brackets balanced and indentation returned
     "repetition",   # a repeated line or n-gram loop was cut
     "cancelled",    # the request's cancellation check said so
-    "typed_through",  # served from the previous suggestion without the model
     "cached",       # served from the response cache
     "error",        # the backend failed; see CompletionResult.error
 ]
@@ -61,7 +60,6 @@ class CompletionRequest:
     prefix: str
     suffix: str = ""
     header: str = ""
-    version: int = 0
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: StopPolicy = field(default_factory=StopPolicy)
     n: int = 1
@@ -82,7 +80,6 @@ class Timings:
     reused_disk_tokens: int = 0
     computed_tokens: int = 0
     decode_tokens: int = 0
-    typed_through: bool = False
     response_cache_hit: bool = False
 
     @property
@@ -109,10 +106,23 @@ class CompletionResult:
         return self.candidates[0].text if self.candidates else ""
 
 
+def approx_tokens(text: str) -> int:
+    """A rough token count (about 4 characters a token) for a backend without a tokenizer here."""
+    return (len(text) + 3) // 4
+
+
 class Backend(Protocol):
     """What the server needs from an engine, local or remote."""
 
     def complete(self, request: CompletionRequest) -> CompletionResult: ...
+
+    def count_tokens(self, text: str) -> int:
+        """The prompt length of `text` in the backend's tokens (or a close estimate)."""
+        ...
+
+    def watch(self, on_state_change: Callable[[str, str], None]) -> None:
+        """Call `on_state_change(state, message)` (from any thread) when the engine goes "down" or comes "up"."""
+        ...
 
     def info(self) -> dict: ...
 

@@ -1,9 +1,10 @@
 """Choose the engine from settings: the local torch `Engine`, or a remote server.
 
-`make_backend(settings)` takes the editor's settings object (camelCase, as
-LSP initializationOptions carry it). Local keys: `model`, `quant`, `threads`,
-`device`, `cacheDir`, `cacheSizeMb`. The engine choice lives under `engine`
-(nested, or as dotted keys such as "engine.backend"):
+`make_backend(settings)` takes an `EngineSettings` (what the CLI and the
+server build) or the editor's settings object (camelCase, as LSP
+initializationOptions carry it: `model`, `quant`, `threads`, `device`,
+`cacheDir`, `cacheSizeMb`). The engine choice lives under `engine` (nested,
+or as dotted keys such as "engine.backend"):
 
     "engine": {"backend": "remote", "url": "https://gpu.example:8000/v1",
                "model": "Qwen/Qwen2.5-Coder-1.5B", "apiKeyEnv": "KEYSTROKE_REMOTE_KEY",
@@ -19,8 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .api import Backend
 from .errors import KeystrokeError
@@ -32,27 +34,58 @@ ENGINE_KEYS = ("backend", "url", "model", "apiKeyEnv", "apiKeyFile", "fallback",
 SETTINGS_HELP = "see docs/remote.md"
 
 
-def engine_settings(settings: dict) -> dict:
-    """The `engine` section, from a nested object and/or "engine.<key>" entries."""
-    nested = settings.get("engine")
-    if nested is not None and not isinstance(nested, dict):
-        raise KeystrokeError(f"setting 'engine' must be an object, not {type(nested).__name__}", SETTINGS_HELP)
-    out = dict(nested or {})
-    for key, value in settings.items():
-        if isinstance(key, str) and key.startswith("engine."):
-            out[key[len("engine."):]] = value
-    return out
+@dataclass(frozen=True)
+class EngineSettings:
+    """Everything that decides which backend runs and how: one type for the CLI, the server and library users.
+
+    `memory_budget_mb` is the KV-cache's memory budget (the editors'
+    `cacheSizeMb`); entries evicted past it spill to disk, whose own budget is
+    `disk_budget_mb`. `engine` is the editor's `engine` section (camelCase
+    keys, see docs/remote.md): empty or `backend: "local"` for the local model.
+    """
+
+    model: str | None = None            # None: the default model
+    quant: str = "auto"
+    threads: int | None = None
+    device: str = "cpu"                 # cpu | cuda | auto
+    cache_dir: Path | None = None       # None: <cache root>/keystroke
+    memory_budget_mb: int = 1024
+    disk_budget_mb: int = 4096
+    persist: bool = True                # keep KV entries on disk across restarts
+    engine: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_editor(cls, settings: Mapping[str, Any] | None) -> "EngineSettings":
+        """From an editor-style settings object: `model`, `quant`, `threads`, `device`, `cacheDir`,
+        `cacheSizeMb`, and `engine` (nested, or as "engine.<key>" entries)."""
+        settings = dict(settings or {})
+        nested = settings.get("engine")
+        if nested is not None and not isinstance(nested, dict):
+            raise KeystrokeError(f"setting 'engine' must be an object, not {type(nested).__name__}", SETTINGS_HELP)
+        eng = dict(nested or {})
+        for key, value in settings.items():
+            if isinstance(key, str) and key.startswith("engine."):
+                eng[key[len("engine."):]] = value
+        kwargs: dict[str, Any] = {k: settings[k] for k in ("model", "quant", "threads", "device")
+                                  if settings.get(k) is not None}
+        if settings.get("cacheDir"):
+            kwargs["cache_dir"] = Path(str(settings["cacheDir"])).expanduser()
+        if settings.get("cacheSizeMb") is not None:
+            kwargs["memory_budget_mb"] = int(settings["cacheSizeMb"])
+        return cls(engine=eng, **kwargs)
 
 
-def make_backend(settings: dict | None = None, *,
-                 local_loader: Callable[[dict], Backend] | None = None) -> Backend:
+def make_backend(settings: EngineSettings | Mapping[str, Any] | None = None, *,
+                 local_loader: Callable[[EngineSettings], Backend] | None = None) -> Backend:
     """The backend the settings ask for (raises KeystrokeError, with a hint, on a bad setting).
 
-    `local_loader` builds the local engine from the settings (default:
-    `load_local`); it is also the remote backend's lazy fallback.
+    `settings` is an `EngineSettings` or an editor-style object (see
+    `EngineSettings.from_editor`). `local_loader` builds the local engine
+    (default: `load_local`); it is also the remote backend's lazy fallback.
     """
-    settings = dict(settings or {})
-    eng = engine_settings(settings)
+    if not isinstance(settings, EngineSettings):
+        settings = EngineSettings.from_editor(settings)
+    eng = dict(settings.engine)
     loader = local_loader or load_local
     backend = eng.get("backend", "local")
     if backend == "local":
@@ -131,21 +164,17 @@ def read_api_key(eng: dict) -> str | None:
     return None
 
 
-def load_local(settings: dict) -> Backend:
-    """The local torch engine for the settings' model, quant, threads, device and cache keys."""
+def load_local(settings: EngineSettings) -> Backend:
+    """The local torch engine for the settings' model, weights, threads, device and caches."""
     from .engine import Engine
 
-    kwargs: dict[str, Any] = {}
-    for key, name in (("quant", "quant"), ("threads", "threads"), ("device", "device")):
-        if settings.get(key) is not None:
-            kwargs[name] = settings[key]
-    cache_dir = settings.get("cacheDir", settings.get("cache_dir"))
-    if cache_dir:
-        kwargs["cache_dir"] = Path(str(cache_dir)).expanduser()
-    size = settings.get("cacheSizeMb", settings.get("cache_size_mb"))
-    if size is not None:
-        kwargs["memory_budget_mb"] = int(size)
-    return Engine.load(settings.get("model"), **kwargs)
+    device = settings.device
+    if device == "auto":
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Engine.load(settings.model, quant=settings.quant, threads=settings.threads, device=device,
+                       cache_dir=settings.cache_dir, memory_budget_mb=settings.memory_budget_mb,
+                       disk_budget_mb=settings.disk_budget_mb, persist=settings.persist)
 
 
 def _number(eng: dict, key: str, default: float, lo: float, hi: float) -> float:

@@ -1,32 +1,30 @@
 """The local engine: a loaded model plus its per-document KV-cache.
 
-`Engine.complete` is the whole path of one request: typing-through check,
-response cache, prompt template and token healing, longest cached prefix
+`Engine.complete` is the whole path of one request: response cache, prompt template and token healing, longest cached prefix
 from the KV store, prefill of only the new tokens, generation, and storing
 the cache back. It implements the `Backend` protocol of `api.py`.
 """
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from . import fim, healing
 from .api import Candidate, CompletionRequest, CompletionResult, Timings
+from .cache.kvstore import KVStore
+from .cache.responses import ResponseCache, make_key
 from .errors import KeystrokeError
 from .generate import generate
-from .kvcache import KVCache
-from .kvstore import KVStore
-from .loader import load_checkpoint
+from .loading.loader import load_checkpoint
+from .loading.registry import DEFAULT_MODEL, resolve
 from .model import Transformer
-from .quantize import fbgemm_available, quantize_model
-from .registry import DEFAULT_MODEL, resolve
-from .response_cache import ResponseCache, make_key
+from .paths import cache_root
+from .quantize import pick_quant, quantize_model
 
 log = logging.getLogger("keystroke.engine")
 
@@ -37,37 +35,11 @@ PREFILL_CHUNK = 256
 TRUNCATE_STEP = 512
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "keystroke"
-
-
-def pick_quant(quant: str, device: torch.device) -> str:
-    if quant == "auto":
-        if device.type == "cuda":
-            return "bf16"
-        return "int8" if fbgemm_available() else "fp32"
-    if quant in ("int8", "fp16") and device.type == "cpu" and not fbgemm_available():
-        raise KeystrokeError(f"quantization {quant!r} needs torch's fbgemm kernels, which this torch build lacks",
-                             "use --quant fp32")
-    return quant
-
-
-@dataclass
-class _Suggestion:
-    """The last answer for a document, for typing-through."""
-
-    header: str
-    prefix: str
-    suffix: str
-    mode: str
-    texts: list[str]
-
-
 class Engine:
     def __init__(self, model: Transformer, tokenizer, *, name: str, path: Path, fingerprint: str,
                  quant: str, device: torch.device, info: dict, store: KVStore,
-                 responses: ResponseCache, max_prompt_tokens: int = 4096, keep_generated: bool = True) -> None:
+                 responses: ResponseCache, max_prompt_tokens: int = 4096, keep_generated: bool = True,
+                 response_cache: bool = True) -> None:
         self.model = model
         self.cfg = model.cfg
         self.tokenizer = tokenizer
@@ -90,12 +62,9 @@ class Engine:
         # warm or cold, making their K/V (and the decode after them) bit-identical;
         # a request recomputes from the start of the block its first new token is in.
         self.prefill_block = 32 if quant == "int8" else 1
-        self._suggestions: dict[str, _Suggestion] = {}
-        # Both shortcuts answer without the model; tests of the KV path turn them off.
-        self.typing_through = True
-        self.response_cache = True
+        self._response_cache = response_cache
         self._lock = threading.Lock()
-        self._counters = {"requests": 0, "typed_through": 0, "response_cache_hits": 0,
+        self._counters = {"requests": 0, "response_cache_hits": 0,
                           "computed_tokens": 0, "reused_memory_tokens": 0, "reused_disk_tokens": 0,
                           "decode_tokens": 0, "prefill_ms": 0.0, "decode_ms": 0.0}
 
@@ -103,8 +72,12 @@ class Engine:
     @classmethod
     def load(cls, model: str | Path | None = None, *, quant: str = "auto", threads: int | None = None,
              device: str = "cpu", cache_dir: Path | None = None, memory_budget_mb: int = 1024,
-             disk_budget_mb: int = 4096, persist: bool = True, max_prompt_tokens: int = 4096) -> "Engine":
-        """Load a registered model name, a .gguf file or a Hugging Face folder."""
+             disk_budget_mb: int = 4096, persist: bool = True, max_prompt_tokens: int = 4096,
+             response_cache: bool = True) -> "Engine":
+        """Load a registered model name, a .gguf file or a Hugging Face folder.
+
+        `response_cache=False` makes every request run the model (tests of the KV path).
+        """
         if threads:
             torch.set_num_threads(int(threads))
         dev = torch.device(device)
@@ -129,40 +102,35 @@ class Engine:
         elif quant == "bf16":
             net = net.to(torch.bfloat16)
             net.act_dtype = torch.bfloat16
-        cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+        root = Path(cache_dir) if cache_dir else cache_root()
         fp = f"{ckpt.fingerprint}:{quant}:{dev.type}"
         # K/V go to disk as fp32: fp16 changed Gemma's greedy output after a restore
         # (beyond a near-tie) in tests/engine/test_cache_equivalence_real.py.
         store = KVStore(fp, ckpt.cfg, memory_budget_mb=memory_budget_mb,
-                        disk_dir=(cache_root / "kv") if persist else None, disk_budget_mb=disk_budget_mb,
+                        disk_dir=(root / "kv") if persist else None, disk_budget_mb=disk_budget_mb,
                         format_version=PROMPT_FORMAT_VERSION, kv_dtype_on_disk=torch.float32)
-        responses = ResponseCache((cache_root / "responses") if persist else None)
+        responses = ResponseCache((root / "responses") if persist else None)
         info = dict(ckpt.info, load_s=round(time.perf_counter() - t0, 2))
         log.info("loaded %s (%s, %s) in %.1fs", name, ckpt.cfg.family, quant, info["load_s"])
         return cls(net, ckpt.tokenizer, name=name, path=path, fingerprint=fp, quant=quant, device=dev,
                    info=info, store=store, responses=responses, max_prompt_tokens=max_prompt_tokens,
-                   keep_generated=(quant not in ("int8",)))
+                   keep_generated=(quant not in ("int8",)), response_cache=response_cache)
 
     # ------------------------------------------------------------- completion
     def complete(self, req: CompletionRequest) -> CompletionResult:
         t_start = time.perf_counter()
         with self._lock:  # one model, one request at a time
             queue_ms = (time.perf_counter() - t_start) * 1000
-            self._t_request_mono = time.monotonic() - queue_ms / 1000
+            started = time.monotonic() - queue_ms / 1000   # a deadline counts from the request, queue included
             with torch.inference_mode():
-                result = self._complete(req)
+                result = self._complete(req, started)
             result.timings.queue_ms = queue_ms
             result.timings.total_ms = (time.perf_counter() - t_start) * 1000
         self._count(result.timings)
         return result
 
-    def _complete(self, req: CompletionRequest) -> CompletionResult:
+    def _complete(self, req: CompletionRequest, started: float) -> CompletionResult:
         timings = Timings()
-        through = self._typed_through(req) if req.use_cache and self.typing_through else None
-        if through is not None:
-            timings.typed_through = True
-            return CompletionResult([Candidate(t, "typed_through") for t in through], timings)
-
         prompt = fim.build_prompt(self.tokenizer, self.template, req.header, req.prefix, req.suffix)
         ids = self._fit(list(prompt.ids), prompt.protected)
         plan = healing.heal(self.tokenizer, ids, prompt.protected)
@@ -172,12 +140,11 @@ class Engine:
             return CompletionResult([], timings)
 
         key = make_key(self.fingerprint, ids, req.sampling, req.stop, req.n,
-                       extra=plan.removed_text) if req.use_cache and self.response_cache else None
+                       extra=plan.removed_text) if req.use_cache and self._response_cache else None
         if key is not None:
             hit = self.responses.get(key)
             if hit is not None:
                 timings.response_cache_hit = True
-                self._remember(req, [c.text for c in hit])
                 return CompletionResult([Candidate(c.text, "cached", c.tokens) for c in hit], timings)
 
         t0 = time.perf_counter()
@@ -203,7 +170,7 @@ class Engine:
             timings.prefill_ms = (time.perf_counter() - t0) * 1000
 
             t1 = time.perf_counter()
-            deadline = self._t_request_mono + req.stop.deadline_ms / 1000 if req.stop.deadline_ms else None
+            deadline = started + req.stop.deadline_ms / 1000 if req.stop.deadline_ms else None
             line = req.prefix.rsplit("\n", 1)[-1]
             outs = generate(self.model, cache, logits, self.tokenizer, sampling=req.sampling, stop=req.stop,
                             n=max(1, req.n), is_cancelled=req.is_cancelled, heal=plan,
@@ -222,8 +189,6 @@ class Engine:
         cancelled = any(c.stop_reason == "cancelled" for c in candidates)
         if key is not None and not cancelled and not any(c.stop_reason == "deadline" for c in candidates):
             self.responses.put(key, candidates)
-        if not cancelled:
-            self._remember(req, [c.text for c in candidates])
         return CompletionResult(candidates, timings)
 
     def _chunks(self, start: int, end: int) -> list[tuple[int, int]]:
@@ -246,32 +211,10 @@ class Engine:
         cut = -(-excess // step) * step
         return head + ids[len(head) + cut:]
 
-    # ---------------------------------------------------------- typing-through
-    def _remember(self, req: CompletionRequest, texts: list[str]) -> None:
-        texts = [t for t in texts if t]
-        if texts:
-            self._suggestions[req.doc_id] = _Suggestion(req.header, req.prefix, req.suffix, req.stop.mode, texts)
-        else:
-            self._suggestions.pop(req.doc_id, None)
-
-    def _typed_through(self, req: CompletionRequest) -> list[str] | None:
-        """The rest of the last suggestion, when the user typed a prefix of it since."""
-        last = self._suggestions.get(req.doc_id)
-        if last is None or last.header != req.header or last.suffix != req.suffix or last.mode != req.stop.mode:
-            return None
-        if not req.prefix.startswith(last.prefix):
-            return None
-        typed = req.prefix[len(last.prefix):]
-        if not typed:
-            return None
-        rests = [t[len(typed):] for t in last.texts if t.startswith(typed) and len(t) > len(typed)]
-        return rests[: max(1, req.n)] or None
-
     # ------------------------------------------------------------- management
     def _count(self, t: Timings) -> None:
         c = self._counters
         c["requests"] += 1
-        c["typed_through"] += int(t.typed_through)
         c["response_cache_hits"] += int(t.response_cache_hit)
         c["computed_tokens"] += t.computed_tokens
         c["reused_memory_tokens"] += t.reused_memory_tokens
@@ -293,16 +236,18 @@ class Engine:
         c["responses"] = self.responses.stats()
         return c
 
+    def count_tokens(self, text: str) -> int:
+        """How many of this model's tokens `text` is (the context budget counts with it)."""
+        return len(self.tokenizer.encode(text))
+
+    def watch(self, on_state_change: Callable[[str, str], None]) -> None:
+        """A local engine is never down: nothing to report."""
+
     def clear_cache(self) -> None:
         with self._lock:
             self.store.clear()
             self.responses.clear()
-            self._suggestions.clear()
 
     def close_document(self, doc_id: str) -> None:
         with self._lock:
             self.store.close(doc_id)
-            self._suggestions.pop(doc_id, None)
-
-    def new_cache(self, capacity: int = 256) -> KVCache:
-        return self.model.new_cache(capacity=capacity)

@@ -29,7 +29,7 @@ import torch
 
 from .api import SamplingParams, StopPolicy, StopReason
 from .healing import HealPlan, vocab_index
-from .kvcache import KVCache
+from .cache.kvcache import KVCache
 from .sampling import make_generator, sample
 from .stops import StopChecker
 

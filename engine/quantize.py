@@ -25,6 +25,8 @@ import warnings
 import torch
 from torch import nn
 
+from .errors import KeystrokeError
+
 QUANTS = ("int8", "fp16", "fp32", "bf16")
 
 
@@ -73,6 +75,18 @@ def fbgemm_available() -> bool:
         return True
     except Exception:  # a build without fbgemm (e.g. some ARM wheels)
         return False
+
+
+def pick_quant(quant: str, device: torch.device) -> str:
+    """The weight format for `device`: "auto" resolved, an unusable choice refused with a hint."""
+    if quant == "auto":
+        if device.type == "cuda":
+            return "bf16"
+        return "int8" if fbgemm_available() else "fp32"
+    if quant in ("int8", "fp16") and device.type == "cpu" and not fbgemm_available():
+        raise KeystrokeError(f"quantization {quant!r} needs torch's fbgemm kernels, which this torch build lacks",
+                             "use --quant fp32")
+    return quant
 
 
 def quantize_model(model: nn.Module, kind: str, phase: Phase) -> nn.Module:

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
-from tokenizers import Tokenizer as Backend
+from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE
 
 from .errors import ModelError
+from .paths import cache_root
 
 # Tokens that end a completion when the model emits them, besides the file's EOS.
 STOP_TOKENS = ("<|endoftext|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|eot_id|>", "<|EOT|>",
@@ -64,7 +65,7 @@ CACHE_FORMAT = "1"
 class Tokenizer:
     """One model's tokenizer: ids for text, text for ids, and which ids are special."""
 
-    def __init__(self, backend: Backend, *, bos_id: int | None, eos_ids: Iterable[int],
+    def __init__(self, backend: HFTokenizer, *, bos_id: int | None, eos_ids: Iterable[int],
                  add_bos: bool) -> None:
         self._backend = backend
         # Special-token text in a document stays text (see module docstring).
@@ -105,9 +106,6 @@ class Tokenizer:
     def token_id(self, content: str) -> int | None:
         return self._backend.token_to_id(content)
 
-    def to_json(self) -> str:
-        return self._backend.to_str()
-
     # -- construction ------------------------------------------------------------------------
 
     @classmethod
@@ -117,7 +115,7 @@ class Tokenizer:
         tokenizer_config.json next to it, else from the tokenizer's own post-processor."""
         path = Path(path)
         try:
-            backend = Backend.from_file(str(path))
+            backend = HFTokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises its own Exception type
             raise ModelError(f"cannot read tokenizer {path}: {exc}",
                              "the file must be a Hugging Face tokenizer.json") from None
@@ -166,7 +164,7 @@ class Tokenizer:
         backend = None
         if cache_file is not None and cache_file.exists():
             try:
-                backend = Backend.from_file(str(cache_file))
+                backend = HFTokenizer.from_file(str(cache_file))
             except Exception:
                 backend = None  # a corrupt cache entry is rebuilt
         if backend is None:
@@ -176,7 +174,7 @@ class Tokenizer:
         return cls(backend, bos_id=bos_id, eos_ids=[eos_id, eot_id], add_bos=add_bos)
 
 
-def _build_bpe(meta: Mapping[str, Any], types: list[int]) -> Backend:
+def _build_bpe(meta: Mapping[str, Any], types: list[int]) -> HFTokenizer:
     # Tokens are spelled in GPT-2's byte alphabet; respell any that the converter wrote as text.
     alphabet = _byte_alphabet()
     spelled = set(alphabet.values())
@@ -184,7 +182,7 @@ def _build_bpe(meta: Mapping[str, Any], types: list[int]) -> Backend:
               for t in meta["tokenizer.ggml.tokens"]]
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
     vocab = {t: i for i, t in enumerate(tokens)}
-    backend = Backend(BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    backend = HFTokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     pre = str(meta.get("tokenizer.ggml.pre", "default"))
     regexes = PRE_TOKENIZER_REGEXES.get(pre, PRE_TOKENIZER_REGEXES["default"])
     steps = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
@@ -197,14 +195,14 @@ def _build_bpe(meta: Mapping[str, Any], types: list[int]) -> Backend:
     return backend
 
 
-def _build_sentencepiece(meta: Mapping[str, Any], types: list[int]) -> Backend:
+def _build_sentencepiece(meta: Mapping[str, Any], types: list[int]) -> HFTokenizer:
     # Tokens made only of spaces are stored with real spaces; the vocabulary spells them "▁".
     original = list(meta["tokenizer.ggml.tokens"])
     tokens = ["\u2581" * len(t) if " " in t and not t.strip() else t for t in original]
     vocab = {t: i for i, t in enumerate(tokens)}
     unk_id = _opt_int(meta.get("tokenizer.ggml.unknown_token_id"))
     unk = tokens[unk_id] if unk_id is not None else "<unk>"
-    backend = Backend(BPE(vocab=vocab, merges=_derive_merges(tokens, vocab), unk_token=unk,
+    backend = HFTokenizer(BPE(vocab=vocab, merges=_derive_merges(tokens, vocab), unk_token=unk,
                           fuse_unk=True, byte_fallback=True))
     backend.normalizer = normalizers.Replace(" ", "\u2581")
     if meta.get("tokenizer.ggml.add_space_prefix", False):
@@ -236,7 +234,7 @@ def _derive_merges(tokens: list[str], vocab: dict[str, int]) -> list[tuple[str, 
     return [(l, r) for _, _, _, l, r in merges]
 
 
-def _add_tokens(backend: Backend, tokens: list[str], types: list[int], keep) -> None:
+def _add_tokens(backend: HFTokenizer, tokens: list[str], types: list[int], keep) -> None:
     """Control tokens become special; user-defined ones are matched whole, not special."""
     control = [AddedToken(t, normalized=False, special=True)
                for t, kind in zip(tokens, types) if kind == CONTROL and keep(t)]
@@ -259,12 +257,6 @@ def _byte_alphabet() -> dict[int, str]:
             spelling[b] = chr(256 + extra)
             extra += 1
     return spelling
-
-
-def cache_root() -> Path:
-    """The user cache directory of keystroke ($XDG_CACHE_HOME/keystroke or ~/.cache/keystroke)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "keystroke"
 
 
 def _cache_path(meta: Mapping[str, Any], cache_dir: Path | None) -> Path | None:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from keystroke.engine.gguf_loader import load_gguf
+from keystroke.engine.loading.gguf import load_gguf
 from keystroke.engine.model import Transformer
 from keystroke.engine.quantize import quantize_model
-from keystroke.engine.registry import resolve
+from keystroke.engine.loading.registry import resolve
 
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "argparse.py"
 

@@ -107,11 +107,15 @@ def edit_trace(max_requests: int, workdir: Path) -> list[tuple[str, int]]:
 
 
 # -------------------------------------------------------------- prompting
-def prompt_parts(text: str, cursor: int, uri: str, count_tokens) -> tuple[str, str, str]:
-    from keystroke.server.context import ContextConfig, DocumentView, build_context
-    doc = DocumentView(uri=uri, text=text, language_id="python", path=None)
-    parts = build_context(doc, cursor, [], config=ContextConfig(), count_tokens=count_tokens, workspace_root=None)
-    return parts.header, parts.prefix, parts.suffix
+def settings():
+    """The server's default settings, with this benchmark's token budget."""
+    from keystroke.server.config import Config
+    return Config(max_tokens=MAX_TOKENS)
+
+
+def document(text: str):
+    from keystroke.server.context import DocumentView
+    return DocumentView(uri="file:///bench.py", text=text, language_id="python", path=None)
 
 
 def rss_mb() -> float:
@@ -120,34 +124,44 @@ def rss_mb() -> float:
 
 # ------------------------------------------------------------ one config
 def run_engine(trace, model: str, threads: int, use_cache: bool) -> dict:
-    from keystroke.engine import CompletionRequest, StopPolicy
-    from keystroke.engine.engine import Engine
+    """The server's pipeline in process (line mode, as llama.cpp's rows stop at a newline):
+    with the cache, typing-through answers first, as in the server."""
+    import dataclasses
+
+    from keystroke.engine import Engine
+    from keystroke.server import pipeline
     engine = Engine.load(model, threads=threads, persist=False)
-    count = _token_counter(engine.tokenizer.encode)
+    typed = pipeline.TypedThrough()
     rows = []
     for text, cursor in trace:
-        header, prefix, suffix = prompt_parts(text, cursor, "file:///bench.py", count)
-        req = CompletionRequest(doc_id="file:///bench.py", header=header, prefix=prefix, suffix=suffix,
-                                stop=StopPolicy(max_tokens=MAX_TOKENS, mode="line"), use_cache=use_cache)
         t = time.perf_counter()
-        r = engine.complete(req)
+        if use_cache:
+            done = pipeline.complete(engine, document(text), cursor, [], settings(), mode="line", typed=typed)
+        else:
+            plan = pipeline.plan(document(text), cursor, [], settings(), count_tokens=engine.count_tokens,
+                                 mode="line")
+            result = engine.complete(dataclasses.replace(plan.request, use_cache=False))
+            done = pipeline.Completed(plan, result, pipeline.finish(result, plan))
         ms = (time.perf_counter() - t) * 1000
-        rows.append({"ms": ms, "computed": r.timings.computed_tokens, "reused": r.timings.reused_tokens,
-                     "typed_through": r.timings.typed_through, "text": r.text})
+        timings = done.result.timings if done.result else None
+        rows.append({"ms": ms, "computed": timings.computed_tokens if timings else 0,
+                     "reused": timings.reused_tokens if timings else 0,
+                     "typed_through": done.typed_through, "text": (done.suggestions or [""])[0]})
     return {"rows": rows, "rss_mb": rss_mb()}
 
 
 def run_llama_cpp(trace, model: str, threads: int) -> dict:
     from llama_cpp import Llama
 
-    from keystroke.engine.registry import resolve
+    from keystroke.engine.loading.registry import resolve
     llm = Llama(model_path=str(resolve(model)), n_ctx=4096, n_batch=512, n_threads=threads,
                 n_threads_batch=threads, verbose=False)
+    from keystroke.server import pipeline
     count = _token_counter(lambda s: llm.tokenize(s.encode(), add_bos=False))
     rows = []
     for text, cursor in trace:
-        header, prefix, _suffix = prompt_parts(text, cursor, "file:///bench.py", count)
-        tokens = llm.tokenize((header + prefix).encode(), add_bos=True, special=False)
+        request = pipeline.plan(document(text), cursor, [], settings(), count_tokens=count, mode="line").request
+        tokens = llm.tokenize((request.header + request.prefix).encode(), add_bos=True, special=False)
         reused = 0
         for x, y in zip(llm._input_ids.tolist(), tokens):
             if x != y:

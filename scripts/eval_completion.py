@@ -15,9 +15,9 @@ unpacked into a temporary folder that serves as the workspace root:
   docstring); the body is removed and is the target; scored by first-line
   exact match and by edit similarity of the whole body.
 
-Each task runs through the server's own pipeline: `build_context`, the
-server's stop-mode choice (`choose_mode`), the engine, and `postprocess`,
-once per context configuration: `off` (no source), each source alone, and
+Each task runs through the server's own pipeline (`keystroke.server.pipeline`:
+context, stop-mode choice, the engine, post-processing), with the server's
+default settings but the token budget per kind, once per context configuration: `off` (no source), each source alone, and
 `all`. Scores come with percentile-bootstrap 95% intervals over tasks, and
 the all-minus-off difference with a paired bootstrap interval.
 
@@ -390,38 +390,34 @@ def _open_documents(task: Task, rng: random.Random) -> list[Path]:
 
 # --------------------------------------------------------------------------- running
 
-def context_config(name: str, budget: int):
+def context_sources(name: str):
+    """The context sources of configuration `name`: none (off), one, or all."""
     from keystroke.server.context import ContextConfig
-    flags = {s: (name == "all" or name == s) for s in SOURCE_NAMES}
-    return replace(ContextConfig(budget_tokens=budget), **flags)
+    return ContextConfig(**{s: (name == "all" or name == s) for s in SOURCE_NAMES})
 
 
-def run_task(engine, task: Task, config_name: str, budget: int, count_tokens) -> dict:
+def run_task(engine, task: Task, config_name: str, budget: int) -> dict:
     """One task under one context configuration, through the server's own pipeline."""
-    from keystroke.engine.api import CompletionRequest, StopPolicy
-    from keystroke.server.context import DocumentView, build_context
-    from keystroke.server.postprocess import postprocess
-    from keystroke.server.syntax import choose_mode
+    from keystroke.server import pipeline
+    from keystroke.server.config import Config
+    from keystroke.server.context import DocumentView
 
     doc = DocumentView(task.path.as_uri(), task.text, "python", task.path)
     others = [DocumentView(p.as_uri(), p.read_text(encoding="utf-8"), "python", p) for p in task.others]
+    config = Config(context_budget=budget, max_tokens=MAX_TOKENS[task.kind])
     t0 = time.perf_counter()
-    parts = build_context(doc, task.offset, others, config=context_config(config_name, budget),
-                          count_tokens=count_tokens, workspace_root=task.root)
+    plan = pipeline.plan(doc, task.offset, others, config, count_tokens=engine.count_tokens,
+                         workspace_root=task.root, sources=context_sources(config_name))
     context_ms = (time.perf_counter() - t0) * 1000
-    prefix, suffix = task.text[:task.offset], task.text[task.offset:]
-    mode = choose_mode(prefix, suffix, "python")
-    request = CompletionRequest(doc_id=doc.uri, prefix=parts.prefix, suffix=parts.suffix, header=parts.header,
-                                stop=StopPolicy(max_tokens=MAX_TOKENS[task.kind], mode=mode))
-    result = engine.complete(request)
+    result = engine.complete(plan.request)
     if result.error:
         raise SystemExit(f"the engine failed on {task.id}: {result.error}")
-    prediction = postprocess(result.text, prefix=prefix, suffix=suffix, mode=mode, language_id="python")
-    rec = {"task": task.id, "kind": task.kind, "origin": task.origin, "config": config_name, "mode": mode,
+    prediction = (pipeline.finish(result, plan) or [""])[0]
+    rec = {"task": task.id, "kind": task.kind, "origin": task.origin, "config": config_name, "mode": plan.mode,
            "symbol": task.symbol, "target": task.target, "raw": result.text,
            "stop_reason": result.candidates[0].stop_reason if result.candidates else "", "prediction": prediction,
-           "header_tokens": next((e["tokens"] for e in parts.provenance if e["source"] == "header"), 0),
-           "provenance": [{k: e[k] for k in ("source", "tokens", "items")} for e in parts.provenance],
+           "header_tokens": plan.header_tokens,
+           "provenance": [{k: e[k] for k in ("source", "tokens", "items")} for e in plan.provenance],
            "prompt_tokens": result.timings.prompt_tokens, "decode_tokens": result.timings.decode_tokens,
            "context_ms": round(context_ms, 1), "engine_ms": round(result.timings.total_ms, 1)}
     rec.update(score(task.kind, prediction, task.target))
@@ -530,7 +526,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from keystroke.server.config import Config
-    from keystroke.server.lsp import count_tokens_of
     budget = args.budget or Config().context_budget
 
     files = stdlib_files()
@@ -550,14 +545,13 @@ def main(argv: list[str] | None = None) -> int:
           f"results in {out} ({len(done)} already there)", file=sys.stderr)
 
     engine = evalkit.load_engine(args.model, args.quant, args.threads)
-    count_tokens = count_tokens_of(engine)
     records = []
     t_start = time.perf_counter()
     for i, task in enumerate(tasks, 1):
         for config_name in args.configs:
             rec = done.get((task.id, config_name))
             if rec is None:
-                rec = run_task(engine, task, config_name, budget, count_tokens)
+                rec = run_task(engine, task, config_name, budget)
                 evalkit.append_jsonl(out, rec)
             records.append(rec)
         engine.close_document(task.path.as_uri())

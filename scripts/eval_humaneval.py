@@ -61,33 +61,30 @@ def choose(problems: list[dict], limit: int | None, seed: int) -> list[dict]:
     return [problems[i] for i in picked]
 
 
-def document(kind: str, problem: dict) -> tuple[str, int, str]:
-    """(the editor's text, the cursor offset, the stop mode) for one problem."""
-    from keystroke.server.syntax import choose_mode
+def document(kind: str, problem: dict) -> tuple[str, int, str | None]:
+    """(the editor's text, the cursor offset, the stop mode or None for the server's choice) for one problem."""
     if kind == "passk":
         prefix, suffix = problem["prompt"], ""  # as published: it ends with the docstring's newline
     else:
         prefix, suffix = problem["prompt"], "\n" + problem["suffix"]
-    mode = "block" if kind == "multi" else choose_mode(prefix, suffix, "python")
-    return prefix + suffix, len(prefix), mode
+    return prefix + suffix, len(prefix), "block" if kind == "multi" else None
 
 
-def complete(engine, kind: str, problem: dict, count_tokens) -> dict:
-    from keystroke.engine.api import CompletionRequest, StopPolicy
-    from keystroke.server.context import ContextConfig, DocumentView, build_context
-    from keystroke.server.postprocess import postprocess
+def complete(engine, kind: str, problem: dict) -> dict:
+    from keystroke.server import pipeline
+    from keystroke.server.config import Config
+    from keystroke.server.context import ContextConfig, DocumentView
 
-    text, offset, mode = document(kind, problem)
+    text, offset, forced_mode = document(kind, problem)
     doc = DocumentView(f"file:///humaneval/{problem['task_id'].replace('/', '_')}.py", text, "python")
-    config = ContextConfig(budget_tokens=4096, include_path=False)  # the problem's text, no file name
-    parts = build_context(doc, offset, [], config=config, count_tokens=count_tokens)
-    request = CompletionRequest(doc_id=doc.uri, prefix=parts.prefix, suffix=parts.suffix, header=parts.header,
-                                stop=StopPolicy(max_tokens=MAX_TOKENS[kind], mode=mode))
-    result = engine.complete(request)
+    config = Config(context_budget=4096, max_tokens=MAX_TOKENS[kind])
+    plan = pipeline.plan(doc, offset, [], config, count_tokens=engine.count_tokens, mode=forced_mode,
+                         sources=ContextConfig(include_path=False))  # the problem's text, no file name
+    result = engine.complete(plan.request)
     if result.error:
         raise SystemExit(f"the engine failed on {problem['task_id']}: {result.error}")
-    prefix, suffix = text[:offset], text[offset:]
-    prediction = postprocess(result.text, prefix=prefix, suffix=suffix, mode=mode, language_id="python")
+    prefix, mode = text[:offset], plan.mode
+    prediction = (pipeline.finish(result, plan) or [""])[0]
     rec = {"task": problem["task_id"], "kind": kind, "mode": mode, "raw": result.text, "prediction": prediction,
            "prompt_tokens": result.timings.prompt_tokens, "decode_tokens": result.timings.decode_tokens,
            "engine_ms": round(result.timings.total_ms, 1)}
@@ -123,7 +120,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from keystroke.server.lsp import count_tokens_of
     problems = choose(load_problems(args.kind, args.data), args.limit, args.seed)
     model_tag = re.sub(r"[^\w.-]+", "_", Path(args.model).name)
     version = evalkit.code_version()  # read once: the engine that this process imports
@@ -135,12 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(problems)} {args.kind} problems; results in {out} ({len(done)} already there)", file=sys.stderr)
 
     engine = evalkit.load_engine(args.model, args.quant, args.threads)
-    count_tokens = count_tokens_of(engine)
     records, t0 = [], time.perf_counter()
     for i, problem in enumerate(problems, 1):
         rec = done.get(problem["task_id"])
         if rec is None:
-            rec = complete(engine, args.kind, problem, count_tokens)
+            rec = complete(engine, args.kind, problem)
             evalkit.append_jsonl(out, rec)
             engine.close_document(f"file:///humaneval/{problem['task_id'].replace('/', '_')}.py")
         records.append(rec)

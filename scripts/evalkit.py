@@ -139,7 +139,7 @@ def code_version() -> str:
 
 def load_engine(model: str, quant: str = "auto", threads: int | None = None):
     """The local engine for `model` (a registered name, .gguf file or Hugging Face folder), no disk cache."""
-    from keystroke.engine.engine import Engine
+    from keystroke.engine import Engine
     return Engine.load(model, quant=quant, threads=threads, persist=False)
 
 

@@ -12,8 +12,12 @@ from pathlib import Path
 from keystroke.engine.errors import KeystrokeError
 
 
-def _add_engine_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="model name, .gguf file or Hugging Face folder (default: gemma3-270m)")
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """The engine flags, the same for `serve` and `complete`."""
+    from keystroke.engine import DEFAULT_MODEL
+    p.add_argument("--model", default=None,
+                   help=f"model name, .gguf file or Hugging Face folder (default: {DEFAULT_MODEL}; "
+                        "for serve, initializationOptions.model overrides it)")
     p.add_argument("--quant", default="auto", choices=["auto", "int8", "fp32", "fp16", "bf16"],
                    help="weight format for linear layers (auto: int8 on CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -24,22 +28,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the language server (stdio by default)")
-    try:
-        from keystroke.server import serve as serve_mod
-    except ImportError:  # the server module is being written; `complete` and `models` work without it
-        serve_mod = None
-    if serve_mod is not None:
-        serve_mod.add_arguments(serve)
+    add_engine_options(serve)
+    from keystroke.server import serve as serve_mod
+    serve_mod.add_arguments(serve)
 
     comp = sub.add_parser("complete", help="complete a file at LINE:COL (1-based) and print the result")
     comp.add_argument("target", help="FILE:LINE:COL, 1-based line and column (column in characters)")
-    _add_engine_options(comp)
+    add_engine_options(comp)
     comp.add_argument("-n", type=int, default=1, help="number of candidates")
     comp.add_argument("--max-tokens", type=int, default=48)
     comp.add_argument("--temperature", type=float, default=0.0)
     comp.add_argument("--seed", type=int, default=None)
-    comp.add_argument("--mode", choices=["line", "block", "free"], default="free",
-                      help="stop at end of line, at end of block, or only on EOS/max tokens")
+    comp.add_argument("--mode", choices=["auto", "line", "block", "free"], default="auto",
+                      help="stop at end of line, at end of block, or only on EOS/max tokens "
+                           "(auto: as the server chooses from the cursor's place)")
 
     models = sub.add_parser("models", help="list models, or pull one")
     models.add_argument("action", nargs="?", choices=["list", "pull"], default="list")

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
-from keystroke.engine.api import CompletionRequest, SamplingParams, StopPolicy
 from keystroke.engine.errors import KeystrokeError, PositionError
 
 
@@ -43,26 +43,36 @@ def read_source(path: Path) -> str:
 
 
 def run_complete(args: argparse.Namespace) -> int:
+    """One request through the server's pipeline (context from the file's folder, mode, post-processing)."""
     path, line, col = parse_target(args.target)
     text = read_source(path)
     offset = offset_of(text, line, col)
-    from keystroke.engine.engine import Engine
+    from keystroke.engine import Engine
+    from keystroke.server import pipeline
+    from keystroke.server.config import Config
+    from keystroke.server.context import DocumentView
+    from keystroke.server.context.parse import language_of
 
     t0 = time.perf_counter()
     engine = Engine.load(args.model, quant=args.quant, threads=args.threads, persist=False)
     load_s = time.perf_counter() - t0
-    req = CompletionRequest(
-        doc_id=path.resolve().as_uri(), prefix=text[:offset], suffix=text[offset:],
-        sampling=SamplingParams(temperature=args.temperature, seed=args.seed),
-        stop=StopPolicy(max_tokens=args.max_tokens, mode=args.mode), n=args.n, use_cache=False)
-    result = engine.complete(req)
-    for i, cand in enumerate(result.candidates):
-        if len(result.candidates) > 1:
-            print(f"--- candidate {i + 1} (stop: {cand.stop_reason})")
-        print(cand.text)
+    source = path.resolve()
+    doc = DocumentView(source.as_uri(), text, language_of("", source) or "", source)
+    config = Config(max_tokens=args.max_tokens, temperature=args.temperature)
+    plan = pipeline.plan(doc, offset, [], config, n=args.n, count_tokens=engine.count_tokens,
+                         workspace_root=source.parent, mode=None if args.mode == "auto" else args.mode)
+    sampling = dataclasses.replace(plan.request.sampling, seed=args.seed)
+    result = engine.complete(dataclasses.replace(plan.request, sampling=sampling, use_cache=False))
+    suggestions = pipeline.finish(result, plan)
+    for i, suggestion in enumerate(suggestions):
+        if len(suggestions) > 1:
+            print(f"--- candidate {i + 1}")
+        print(suggestion)
+    if not suggestions:
+        print("(no suggestion)")
     t = result.timings
     tps = t.decode_tokens / (t.decode_ms / 1000) if t.decode_ms > 0 else 0.0
-    print(f"[{engine.name} {engine.quant}] load {load_s:.1f}s | prefill {t.computed_tokens} tok "
+    print(f"[{engine.name} {engine.quant}, {plan.mode} mode] load {load_s:.1f}s | prefill {t.computed_tokens} tok "
           f"{t.prefill_ms:.0f} ms | decode {t.decode_tokens} tok {t.decode_ms:.0f} ms ({tps:.1f} tok/s) | "
           f"stop: {result.candidates[0].stop_reason if result.candidates else '-'}")
     return 0

@@ -8,12 +8,13 @@ keeps its previous value.
 """
 from __future__ import annotations
 
-import json
+import copy
 import math
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any, Callable
 
-DEFAULT_MODEL = "gemma3-270m"
+from keystroke.engine import DEFAULT_MODEL, EngineSettings
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,17 @@ class Config:
     context_budget: int = 1024          # prompt tokens
     enabled_languages: tuple[str, ...] | None = None   # None: every language
     cache_dir: str | None = None        # None: the engine's default
-    cache_size_mb: int = 1024
+    cache_size_mb: int = 1024          # the KV-cache's memory budget (it spills to disk past it)
     max_document_bytes: int = 1_000_000
     completion_items: str = "auto"      # "auto" | "on" | "off"
     enabled: bool = True
-    engine: str | None = None           # the `engine` section (remote backend) as sorted JSON
+    engine: dict | None = None          # the `engine` section (remote backend), checked when it loads
+
+    def engine_settings(self, *, quant: str = "auto") -> EngineSettings:
+        """What the engine is built from: the one settings type the CLI uses too."""
+        return EngineSettings(model=self.model, quant=quant, threads=self.threads, device=self.device,
+                              cache_dir=Path(self.cache_dir).expanduser() if self.cache_dir else None,
+                              memory_budget_mb=self.cache_size_mb, engine=copy.deepcopy(self.engine or {}))
 
     def language_enabled(self, language_id: str | None) -> bool:
         if self.enabled_languages is None:
@@ -114,13 +121,13 @@ def _bool(v: Any) -> bool:
     return v
 
 
-def _engine_section(v: Any) -> str | None:
-    """The remote-engine settings (checked in full by keystroke.engine.backends), kept hashable."""
+def _engine_section(v: Any) -> dict | None:
+    """The remote-engine settings (checked in full by keystroke.engine.backends when they load)."""
     if v is None:
         return None
     if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
         raise _Invalid('expected an object such as {"backend": "remote", "url": "http://host:8000/v1"}')
-    return json.dumps(v, sort_keys=True)
+    return copy.deepcopy(v)
 
 
 def _languages(v: Any) -> tuple[str, ...] | None:

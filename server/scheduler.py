@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable, TypeVar
 
 log = logging.getLogger("keystroke.scheduler")
@@ -52,8 +52,6 @@ class Outcome:
 
     value: Any = None
     status: str = "done"     # done | superseded | cancelled | error
-    queue_ms: float = 0.0
-    error: str | None = None
 
 
 @dataclass
@@ -62,7 +60,6 @@ class _Job:
     future: "asyncio.Future[Any] | None"
     loop: "asyncio.AbstractEventLoop | None"
     ticket: Ticket | None = None
-    enqueued: float = field(default_factory=time.perf_counter)
 
 
 class Scheduler:
@@ -84,12 +81,11 @@ class Scheduler:
             if job.ticket is not None and job.ticket.is_cancelled():
                 self._resolve(job, None, None, skipped=True)
                 continue
-            queue_ms = (time.perf_counter() - job.enqueued) * 1000
             try:
                 value, exc = job.fn(), None
             except BaseException as e:  # noqa: BLE001 - reported to the awaiting side
                 value, exc = None, e
-            self._resolve(job, (value, queue_ms), exc)
+            self._resolve(job, (value,), exc)  # a 1-tuple: None means skipped
 
     @staticmethod
     def _resolve(job: _Job, value: Any, exc: BaseException | None, skipped: bool = False) -> None:
@@ -121,7 +117,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._jobs.put(_Job(fn, fut, loop))
-        value, _ = await fut
+        (value,) = await fut
         return value
 
     async def run(
@@ -167,20 +163,26 @@ class Scheduler:
             if fut.exception() is not None:
                 e = fut.exception()
                 log.error("engine request failed: %s", e, exc_info=e)
-                return Outcome(status="error", error=str(e) or type(e).__name__)
+                return Outcome(status="error")
             done = fut.result()
             if done is None:
                 return Outcome(status=ticket.reason or "superseded")
-            value, queue_ms = done
+            (value,) = done
             if ticket.is_cancelled():
-                return Outcome(value=value, status=ticket.reason or "superseded", queue_ms=queue_ms)
-            return Outcome(value=value, queue_ms=queue_ms)
+                return Outcome(value=value, status=ticket.reason or "superseded")
+            return Outcome(value=value)
         except asyncio.CancelledError:
             ticket.cancel("cancelled")
             raise
         finally:
             if self._latest.get(key) is ticket:
                 del self._latest[key]
+
+    def supersede(self, key: Hashable) -> None:
+        """Cancel the running or waiting request for `key`, if any: a newer answer came from elsewhere."""
+        ticket = self._latest.get(key)
+        if ticket is not None:
+            ticket.cancel("superseded")
 
     def cancel_all(self) -> None:
         for ticket in list(self._latest.values()):

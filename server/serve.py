@@ -39,12 +39,6 @@ AUTH_ERROR_CODE = -32001   # server-defined JSON-RPC error: unauthorized
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None,
-                        help="model name, .gguf file or Hugging Face folder (default: gemma3-270m; "
-                             "initializationOptions.model overrides it)")
-    parser.add_argument("--quant", default="auto", choices=["auto", "int8", "fp32", "fp16", "bf16"],
-                        help="weight format for linear layers (auto: int8 on CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--stdio", action="store_true",
                         help="talk over stdin/stdout (the default; accepted because many clients pass it)")
     parser.add_argument("--tcp", metavar="HOST:PORT", default=None,
@@ -61,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------
 
 def default_log_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "keystroke" / "serve.log"
+    from keystroke.engine import cache_root
+    return cache_root() / "serve.log"
 
 
 # C0 controls other than newline and tab, shown escaped (a NUL makes a log "binary").
@@ -80,9 +74,9 @@ class _RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad format string must not lose the record
             message = f"{record.msg!r} {record.args!r}"
-        from keystroke.server.lsp import redact
+        from keystroke.server.secrets import redact_secrets
         try:
-            message = redact(message)
+            message = redact_secrets(message)
         except Exception:  # noqa: BLE001
             pass
         message = message.translate(_CONTROL_ESCAPES)
@@ -104,7 +98,7 @@ class ClientLogHandler(logging.Handler):
         server = self.server
         loop = server.loop
         if loop is None or loop.is_closed() or getattr(self._local, "busy", False) \
-                or not getattr(server.protocol, "initialize_seen", False):
+                or not getattr(server.protocol, "initialize_received", False):
             return
         from lsprotocol import types
         kind = (types.MessageType.Error if record.levelno >= logging.ERROR else

@@ -147,7 +147,7 @@ def make_tiny_model_dir(path: str | Path, family: str = "llama", seed: int = 0, 
     return out
 
 
-# GGUF names of the Hugging Face tensors (the inverse of what engine/gguf_loader.py reads).
+# GGUF names of the Hugging Face tensors (the inverse of what engine/loading/gguf.py reads).
 _GGUF_BLOCK = {
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",

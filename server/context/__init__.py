@@ -17,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from keystroke.engine.api import approx_tokens
+
 from ..secrets import find_secrets, is_env_file, redact_secrets, redact_spans
 from .budget import comment_out, fit_header, render_header, text_tokens, trim_prefix, trim_suffix
 from .parse import language_of
@@ -44,11 +46,6 @@ _CHARS_PER_TOKEN_CAP = 32  # no tokenizer spends fewer tokens than this on a lin
 log = logging.getLogger(__name__)
 MEMO_SECONDS = 5.0  # workspace files read for the header and the note may change on disk: look again after this
 _memo: dict[tuple, tuple[float, str, tuple[dict, ...]]] = {}
-
-
-def approx_tokens(text: str) -> int:
-    """A rough token count (about 4 characters a token) for callers without a tokenizer."""
-    return (len(text) + 3) // 4
 
 
 def _secret_language(language_id: str, path: Path | str | None) -> str:

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keystroke.engine.api import CompletionRequest, StopPolicy
-from keystroke.engine.engine import Engine
+from keystroke.engine import Engine
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 SOURCE = (STDLIB / "colorsys.py").read_text()[:1000]
@@ -28,10 +28,7 @@ ALPHABET = st.sampled_from(list("abcdefgxyz_() :=\n    .,'\"0123"))
 
 
 def make_engine(model_dir: Path, cache_dir: Path, **kw) -> Engine:
-    engine = Engine.load(model_dir, quant="fp32", cache_dir=cache_dir, **kw)
-    engine.typing_through = False
-    engine.response_cache = False
-    return engine
+    return Engine.load(model_dir, quant="fp32", cache_dir=cache_dir, response_cache=False, **kw)
 
 
 @pytest.fixture(scope="module")

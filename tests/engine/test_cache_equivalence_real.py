@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from keystroke.engine.api import CompletionRequest, StopPolicy
-from keystroke.engine.engine import Engine
+from keystroke.engine import Engine
 
 pytestmark = pytest.mark.real_model
 
@@ -27,10 +27,7 @@ SNIPPETS = ["x", "(", "self.", " = ", "\n    ", "return ", "h", "0.5", ", ", "if
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    e = Engine.load(cache_dir=tmp_path_factory.mktemp("kv-real"))
-    e.typing_through = False
-    e.response_cache = False
-    return e
+    return Engine.load(cache_dir=tmp_path_factory.mktemp("kv-real"), response_cache=False)
 
 
 def random_edit(rng: random.Random, text: str, history: list[str]) -> tuple[str, int]:

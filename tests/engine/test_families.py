@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from keystroke.engine.loader import load_checkpoint
+from keystroke.engine.loading.loader import load_checkpoint
 from keystroke.engine.model import Transformer
 from tests.tiny import make_tiny_model_dir
 
@@ -138,7 +138,7 @@ def test_block_types_read_as_gguf_py_reads_them(qtype, tmp_path):
     import gguf
     import numpy as np
 
-    from keystroke.engine.gguf_loader import GGUFFile
+    from keystroke.engine.loading.gguf import GGUFFile
 
     kind = gguf.GGMLQuantizationType[qtype]
     block, size = gguf.GGML_QUANT_SIZES[kind]

@@ -8,9 +8,8 @@ from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
 
 from keystroke.engine.api import SamplingParams, StopPolicy
-from keystroke.engine.config import ModelConfig
 from keystroke.engine.generate import TextStream, generate
-from keystroke.engine.model import Transformer
+from keystroke.engine.model import ModelConfig, Transformer
 from keystroke.engine.tokenizer import Tokenizer
 
 
@@ -279,7 +278,7 @@ def test_end_to_end_on_a_tiny_checkpoint_with_healing(tmp_path):
 
     from keystroke.engine.fim import build_prompt, detect_template
     from keystroke.engine.healing import heal
-    from keystroke.engine.hf_loader import load_hf_folder
+    from keystroke.engine.loading.hf import load_hf_folder
 
     cfg, weights, tok, _ = load_hf_folder(make_tiny_model_dir(tmp_path / "m", "qwen2", fim=True))
     model = Transformer.from_weights(cfg, weights)

@@ -188,8 +188,8 @@ def test_stop_rules_see_only_the_text_after_the_cursor():
 
 @pytest.mark.real_model
 def test_gemma_tokenizer_heals_a_partial_identifier():
-    from keystroke.engine.gguf_loader import GGUFFile
-    from keystroke.engine.registry import resolve
+    from keystroke.engine.loading.gguf import GGUFFile
+    from keystroke.engine.loading.registry import resolve
 
     gguf = GGUFFile(resolve("gemma3-270m"))
     try:

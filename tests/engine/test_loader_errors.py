@@ -10,7 +10,7 @@ import pytest
 
 from keystroke.engine import registry
 from keystroke.engine.errors import ModelError
-from keystroke.engine.loader import load_checkpoint
+from keystroke.engine.loading.loader import load_checkpoint
 from tests.tiny import make_tiny_gguf, make_tiny_model_dir
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from keystroke.engine import registry
-from keystroke.engine.loader import load_checkpoint
+from keystroke.engine.loading.loader import load_checkpoint
 from keystroke.engine.model import Transformer
 
 pytestmark = pytest.mark.real_model

@@ -22,12 +22,12 @@ import pytest
 
 from keystroke.engine import fim
 from keystroke.engine.api import Candidate, CompletionRequest, CompletionResult, SamplingParams, StopPolicy
-from keystroke.engine.backends import make_backend, read_api_key
+from keystroke.engine.backends import EngineSettings, make_backend, read_api_key
 from keystroke.engine.errors import KeystrokeError
 from keystroke.engine.remote import (RemoteBackend, RemoteSettings, hold_back_space, render_prompt, text_template,
                                      unheal)
-from keystroke.engine.remote_breaker import CircuitBreaker
-from keystroke.engine.remote_http import Endpoint
+from keystroke.engine.remote.breaker import CircuitBreaker
+from keystroke.engine.remote.http import Endpoint
 
 # ---------------------------------------------------------------------------
 # The fake server
@@ -437,7 +437,7 @@ def test_connection_refused_message_and_breaker_opens(serve):
     b = RemoteBackend(RemoteSettings(url=f"http://127.0.0.1:{port}/v1", model="m", fim="none", retries=1,
                                      backoff_ms=1, failure_threshold=2, cooldown_ms=60_000))
     states: list[str] = []
-    b.on_state_change = lambda state, message: states.append(state)
+    b.watch(lambda state, message: states.append(state))
     r1 = b.complete(req())
     assert r1.candidates == [] and r1.error.startswith(f"remote engine at http://127.0.0.1:{port}/v1 is unreachable")
     assert "refused" in r1.error.lower()
@@ -465,7 +465,7 @@ def test_breaker_probes_after_cooldown_and_recovers(serve):
     b = RemoteBackend(RemoteSettings(url=server.url, model="m", fim="none", retries=0, failure_threshold=2,
                                      cooldown_ms=1000), clock=lambda: clock["t"])
     states: list[str] = []
-    b.on_state_change = lambda state, message: states.append(state)
+    b.watch(lambda state, message: states.append(state))
     b.complete(req()), b.complete(req())
     assert b.breaker.state == "down" and len(server.posts()) == 2
     for _ in range(5):
@@ -676,7 +676,7 @@ def test_bad_settings_give_clear_errors(monkeypatch):
 def test_local_is_the_default_and_sends_nothing():
     seen = []
     backend = make_backend({"model": "smollm2-135m", "quant": "fp32"}, local_loader=lambda s: seen.append(s) or "L")
-    assert backend == "L" and seen == [{"model": "smollm2-135m", "quant": "fp32"}]
+    assert backend == "L" and seen == [EngineSettings(model="smollm2-135m", quant="fp32")]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import pytest
 
 from keystroke.engine.api import CompletionRequest, SamplingParams, StopPolicy
 from keystroke.engine.backends import make_backend
-from keystroke.engine.registry import resolve
+from keystroke.engine.loading.registry import resolve
 from keystroke.engine.remote import hold_back_space, unheal
 from keystroke.engine.stops import StopChecker
 
@@ -211,7 +211,7 @@ def test_server_killed_mid_stream_and_restarted(smollm2, tmp_path):
     try:
         backend = remote(server.url, fim="none", retries=1, failureThreshold=1, cooldownMs=300, timeoutMs=5000)
         states: list[str] = []
-        backend.on_state_change = lambda state, message: states.append(state)
+        backend.watch(lambda state, message: states.append(state))
         assert backend.complete(line_request("a = ")).error is None
         got_text = threading.Event()
 
@@ -295,7 +295,7 @@ def agreement_prompts() -> list[tuple[str, str]]:
 
 
 def test_greedy_agreement_with_the_local_engine(llama_server, tmp_path):
-    from keystroke.engine.engine import Engine
+    from keystroke.engine import Engine
 
     prompts = agreement_prompts()
     assert len(prompts) >= 20
@@ -348,7 +348,7 @@ async def _serve_session(llama_server: LlamaServer, tmp_path: Path) -> None:
     from lsprotocol import types
     from pytest_lsp.client import make_test_lsp_client
 
-    from keystroke.server import lsp
+    from keystroke.server import pipeline
     from keystroke.server.config import Config
     from keystroke.server.context import DocumentView
 
@@ -383,9 +383,7 @@ async def _serve_session(llama_server: LlamaServer, tmp_path: Path) -> None:
         # The same pipeline in this process, through the same remote server: what the editor must see.
         backend = make_backend(settings)
         doc = DocumentView(uri, text, "python", tmp_path / "served.py")
-        request, mode, _ = lsp.completion_request(doc, len(text), [], Config(), n=1, version=1,
-                                               count_tokens=lsp.count_tokens_of(backend), workspace_root=tmp_path)
-        want = lsp.finish_suggestions(backend.complete(request), text, len(text), mode, "python")
+        want = pipeline.complete(backend, doc, len(text), [], Config(), workspace_root=tmp_path).suggestions
         assert want, "the in-process pipeline suggested nothing"
         assert got is not None and len(got.items) == 1
         assert got.items[0].insert_text.endswith(want[0])

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from keystroke.engine.api import Candidate, SamplingParams, StopPolicy
-from keystroke.engine.response_cache import ResponseCache, make_key
+from keystroke.engine.cache.responses import ResponseCache, make_key
 
 GREEDY = SamplingParams()
 STOP = StopPolicy(max_tokens=16, mode="line")

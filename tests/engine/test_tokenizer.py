@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from keystroke.engine import registry
-from keystroke.engine.gguf_loader import GGUFFile
+from keystroke.engine.loading.gguf import GGUFFile
 from keystroke.engine.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.real_model

@@ -14,7 +14,8 @@ import pytest
 from lsprotocol import types
 from pygls.uris import to_fs_path
 
-from keystroke.server import lsp
+from keystroke.engine import EngineSettings
+from keystroke.server import features, pipeline
 from keystroke.server.config import Config
 from keystroke.server.context import DocumentView
 
@@ -32,9 +33,7 @@ def expected(backend, tmp_path: Path, uri: str, text: str, offset: int, *, confi
     """What the server must suggest at `offset`: the same pipeline, in process."""
     path = Path(to_fs_path(uri))
     doc = DocumentView(uri, text, language_id, path)
-    request, mode, _ = lsp.completion_request(doc, offset, [], config, n=n, version=1,
-                                           count_tokens=lsp.count_tokens_of(backend), workspace_root=tmp_path)
-    return lsp.finish_suggestions(backend.complete(request), text, offset, mode, language_id)
+    return pipeline.complete(backend, doc, offset, [], config, n=n, workspace_root=tmp_path).suggestions
 
 
 def cursor_at_end(text: str) -> tuple[int, int]:
@@ -132,7 +131,7 @@ async def test_completion_items_for_clients_without_ghost_text(start_server, mod
     item = got.items[0]
     new_text = want[0]                                  # the cursor follows "self.": no word typed yet
     assert item.text_edit.new_text == new_text          # the whole suggestion
-    assert item.label == lsp.completion_label(new_text)  # its first line
+    assert item.label == features.completion_label(new_text)  # its first line
     assert item.text_edit.range == types.Range(start=types.Position(line, char), end=types.Position(line, char))
 
 
@@ -204,6 +203,39 @@ def apply_edits(text: str, edits) -> str:
         a, b = offset(e.range.start), offset(e.range.end)
         text = text[:a] + e.new_text + text[b:]
     return text
+
+
+async def test_typing_into_a_suggestion_is_answered_without_the_engine(start_server, model, tmp_path):
+    s = await start_server(model, init_options={"debounceMs": 0})
+    uri = (tmp_path / "through.py").as_uri()
+    text = "def total(items):\n    return sum("
+    s.open(uri, text)
+    line, char = cursor_at_end(text)
+    first = await s.inline(uri, line, char)
+    assert first is not None, "the tiny model suggested nothing"
+    suggestion = first.items[0].insert_text[len("    return sum("):]
+    assert len(suggestion.split("\n")[0]) > 1, f"the tiny model's suggestion is too short to type into: {suggestion!r}"
+    typed = suggestion[:1]
+    s.change(uri, (line, char), (line, char), typed)
+    again = await s.inline(uri, line, char + 1)
+    assert again is not None and again.items[0].insert_text == first.items[0].insert_text
+    reuse = (await s.status())["server"]["reuse"]
+    assert reuse["engine_calls"] == 1 and reuse["typed_through"] == 1
+
+
+async def test_cache_size_mb_is_the_kv_memory_budget(start_server, model, tmp_path):
+    """cacheSizeMb sets the KV-cache's memory budget (as the editors' settings say), not the disk's."""
+    s = await start_server(model, init_options={"cacheSizeMb": 7})
+    kv = (await s.status())["engine_stats"]["kv"]
+    assert kv["memory_budget_mb"] == 7
+    assert kv["disk_budget_mb"] == EngineSettings().disk_budget_mb
+    s.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"cacheSizeMb": 9}))
+    for _ in range(300):   # the engine reloads with the new budget
+        st = await s.status()
+        if st["state"] == "ready" and st["engine_stats"]["kv"]["memory_budget_mb"] == 9:
+            break
+        await asyncio.sleep(0.1)
+    assert st["engine_stats"]["kv"]["memory_budget_mb"] == 9
 
 
 async def test_status_clear_cache_and_toggle(start_server, model, tmp_path):

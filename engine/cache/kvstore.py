@@ -36,13 +36,15 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 
-from .config import ModelConfig
 from .kvcache import KVCache
+
+if TYPE_CHECKING:
+    from ..model import ModelConfig
 
 log = logging.getLogger("keystroke.kvstore")
 
@@ -201,12 +203,6 @@ class KVStore:
                 return
             self._mem[doc_id] = entry
             self._enforce_budget(keep=doc_id)
-
-    def abandon(self, doc_id: str) -> None:
-        """The caller gives its lease up without a result (the forward pass failed or was cut)."""
-        with self._lock:
-            self._leased.pop(doc_id, None)
-            self._closing.discard(doc_id)
 
     def close(self, doc_id: str) -> None:
         """The document was closed: spill its entry to disk and free its memory."""

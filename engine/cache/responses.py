@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import Candidate, SamplingParams, StopPolicy
+from ..api import Candidate, SamplingParams, StopPolicy
 
 log = logging.getLogger("keystroke.response_cache")
 

@@ -19,8 +19,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelError
-from .tokenizer import cache_root
+from ..errors import ModelError
+from ..paths import cache_root
 
 DEFAULT_MODEL = "gemma3-270m"
 

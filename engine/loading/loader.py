@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig
-from .errors import ModelError
-from .tokenizer import Tokenizer
+from ..errors import ModelError
+from ..model import ModelConfig
+from ..tokenizer import Tokenizer
 
 _EDGE = 1 << 20  # bytes read from each end of a weights file for its fingerprint
 
@@ -57,7 +57,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         if not (path / "config.json").exists() and len(ggufs) == 1:
             path = ggufs[0]  # a folder holding just one GGUF file means that file
         else:
-            from .hf_loader import load_hf_folder
+            from .hf import load_hf_folder
 
             cfg, weights, tokenizer, info = load_hf_folder(path)
             files = sorted(path.glob("*.safetensors")) + [path / "config.json"]
@@ -69,7 +69,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise ModelError(f"{path} is neither a .gguf file nor a model folder",
                              "pass a .gguf file or a folder with config.json, *.safetensors "
                              "and tokenizer.json")
-    from .gguf_loader import load_gguf
+    from .gguf import load_gguf
 
     cfg, weights, tokenizer, info = load_gguf(path)
     return _checkpoint(cfg, weights, tokenizer, fingerprint([path]), info)

@@ -1,34 +1,9 @@
-"""A `Backend` that asks a remote serving engine over HTTP instead of running torch here.
+"""`RemoteBackend`: the `Backend` protocol over HTTP (the package docstring says what it sends).
 
-It speaks the OpenAI-compatible `/v1/completions` API (vLLM, llama.cpp's
-llama-server, llama-cpp-python's server, TGI, Ollama) with `stream: true`,
-and optionally llama.cpp's native `/infill`. What it sends is what the
-local engine would compute on, as text:
-
-- The prompt is laid out by `fim.build_prompt` (the same order logic as
-  local: plain `header + prefix`, or the FIM template's PSM/SPM order) and
-  rendered with the template tokens' text; the server's tokenizer turns it
-  into tokens (servers parse special-token text in prompts).
-- Stop rules: `stops.StopChecker` reads the streamed text here and closes
-  the stream when it fires; the request's stop strings, max_tokens and
-  sampling parameters are sent too, so the server stops early where it can.
-- `cache_prompt: true` asks llama.cpp to keep the prompt's KV-cache in its
-  slot; vLLM and SGLang reuse cached prefixes on their own once started
-  with prefix caching (`--enable-prefix-caching`).
-
-Cancellation: the request's `is_cancelled` is checked after every streamed
-chunk and by a watcher every 20 ms; either closes the connection, which
-makes the server abort the generation.
-
-Failures: connection errors (and 5xx, 408, 429) are retried with
-exponential backoff; other 4xx are not. A circuit breaker (remote_breaker)
-turns the backend "down" after repeated failures: it then answers at once
-with an error (or from the optional local fallback) and probes the server
-again after a cool-down, recovering by itself.
-
-Privacy: nothing is sent before the first `complete`, and only to the
-configured URL; the API key goes only into the Authorization header. The
-server redacts secrets from the prompt parts before they reach any backend.
+One request: learn the served model and FIM template once (`_prepare`), send
+the prompt, read the stream until the stop rules fire (`_stream_once`), retry
+connection errors with backoff, and answer from the local fallback, or with
+an error, while the circuit breaker says the server is down.
 """
 from __future__ import annotations
 
@@ -37,128 +12,21 @@ import statistics
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
-from . import fim
-from .api import Backend, Candidate, CompletionRequest, CompletionResult, StopReason, Timings
-from .remote_breaker import CircuitBreaker
-from .remote_http import Client, Endpoint, EventStream, Rejected, RemoteError, Unreachable
-from .stops import StopChecker
+from .. import fim
+from ..api import Backend, Candidate, CompletionRequest, CompletionResult, StopReason, Timings, approx_tokens
+from ..stops import StopChecker
+from .breaker import CircuitBreaker
+from .http import Client, Endpoint, Rejected, RemoteError, Unreachable
+from .prompt import hold_back_space, render_prompt
+from .settings import FIM_CHOICES, RemoteSettings, template_for_server, text_template
+from .stream import WATCH_INTERVAL_S, StreamRow, Watcher, error_text, pieces, read_usage
 
 log = logging.getLogger("keystroke.engine.remote")
 
-WATCH_INTERVAL_S = 0.02
 PROBE_TIMEOUT_S = 5.0
 LATENCY_WINDOW = 200
-FIM_CHOICES = ("auto", "none", "infill") + tuple(name for name, _, _ in fim.KNOWN_TEMPLATES)
-
-# Model-name hints for "auto" when the server has no tokenize endpoint to ask.
-NAME_HINTS = (("qwen", "coder", "qwen"), ("starcoder", "", "starcoder"), ("codellama", "", "codellama"),
-              ("code-llama", "", "codellama"), ("deepseek", "coder", "deepseek"))
-
-
-@dataclass(frozen=True)
-class RemoteSettings:
-    url: str
-    model: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    timeout_ms: float = 10_000
-    verify_tls: bool = True
-    fim: str = "auto"               # a template name, "auto", "none" or "infill" (llama.cpp's /infill)
-    cache_prompt: bool = True       # llama.cpp's hint to keep the prompt's KV-cache
-    retries: int = 2                # extra attempts after a connection error
-    backoff_ms: float = 200         # first retry delay; doubles each time
-    failure_threshold: int = 3      # failed requests in a row before the backend is "down"
-    cooldown_ms: float = 5_000      # how long "down" lasts before the next probe
-
-
-# ---------------------------------------------------------------------------
-# Prompt text
-# ---------------------------------------------------------------------------
-
-class _PartsOnly:
-    """A stand-in tokenizer: `fim.build_prompt` then yields only the order of the parts."""
-
-    add_bos = False
-    bos_id = None
-
-    def encode(self, text: str) -> list[int]:
-        return [0]
-
-
-def text_template(name: str, spelling: tuple[str, str, str] | None = None) -> fim.FimTemplate:
-    """The known template `name`, spelled as text (the spelling without SentencePiece's '▁' by default)."""
-    for known, spellings, order in fim.KNOWN_TEMPLATES:
-        if known == name:
-            pre, suf, mid = spelling or next((s for s in spellings if not s[0].startswith("▁")), spellings[0])
-            return fim.FimTemplate(known, pre, suf, mid, order)
-    raise ValueError(f"unknown FIM template {name!r}")
-
-
-def render_prompt(template: fim.FimTemplate | None, header: str, prefix: str, suffix: str) -> str:
-    """The prompt as text, in exactly the order `fim.build_prompt` gives the local engine.
-
-    Without a template it is `header + prefix` (the suffix is only used by the
-    server's post-processing, as locally). BOS is left to the server.
-    """
-    layout = fim.build_prompt(_PartsOnly(), template, header, prefix, suffix)  # type: ignore[arg-type]
-    text = {"header": header, "prefix": prefix, "suffix": suffix, "bos": ""}
-    if template is not None:
-        text.update(fim_prefix=template.prefix, fim_suffix=template.suffix, fim_middle=template.middle)
-    return "".join(text[name] for name, _ in layout.parts)
-
-
-def hold_back_space(template: fim.FimTemplate | None, prefix: str) -> tuple[str, str]:
-    """(prefix to send, trailing spaces/tabs held back): text-level token healing for whitespace.
-
-    BPE and SentencePiece vocabularies glue a space to the word after it
-    (" uni", "▁return"), so a prompt that ends in spaces (the cursor after
-    indentation, or after `= `) ends on a token the model rarely saw there.
-    The local engine heals the last token; a remote tokenizer is out of
-    reach, so the whitespace run is left out of the prompt and expected at
-    the start of the completion instead (see `unheal`). Only where the prefix
-    ends the prompt (plain and SPM; not PSM or /infill), as locally.
-    """
-    if template is not None and template.order == "psm":
-        return prefix, ""
-    body = prefix.rstrip(" \t")
-    return body, prefix[len(body):]
-
-
-def unheal(raw: str, held: str) -> str | None:
-    """The completion at the cursor from the text generated after the held-back whitespace.
-
-    None while `raw` is still a prefix of `held` (not decided yet). When the
-    model wrote other whitespace than the user's (a different indentation),
-    its leading spaces and tabs are dropped: the cursor already has the user's.
-    """
-    if not held or raw.startswith(held):
-        return raw[len(held):]
-    if held.startswith(raw):
-        return None
-    return raw.lstrip(" \t")
-
-
-# ---------------------------------------------------------------------------
-# The backend
-# ---------------------------------------------------------------------------
-
-@dataclass
-class _Row:
-    """One candidate being streamed."""
-
-    checker: StopChecker
-    held: str = ""      # whitespace left out of the prompt, expected first
-    raw: str = ""       # what the server sent
-    text: str = ""      # the completion at the cursor so far
-    chunks: int = 0
-    reason: StopReason | None = None
-    cut: int | None = None
-
-    @property
-    def final_text(self) -> str:
-        return self.text if self.cut is None else self.text[:self.cut]
 
 
 class _Interrupted(Exception):
@@ -187,7 +55,7 @@ class RemoteBackend:
                              verify_tls=settings.verify_tls)
         self.breaker = CircuitBreaker(settings.failure_threshold, settings.cooldown_ms / 1000,
                                       max(60.0, settings.cooldown_ms / 1000), clock=clock)
-        self.on_state_change: Callable[[str, str], None] | None = None  # (state, message) for the server
+        self._on_state_change: Callable[[str, str], None] | None = None  # (state, message) for the server
         self._sleep = sleep
         self._fallback_factory = fallback
         self._fallback: Backend | None = None
@@ -262,6 +130,13 @@ class RemoteBackend:
             out["fallback"] = self._fallback.stats()
         return out
 
+    def count_tokens(self, text: str) -> int:
+        """An estimate: the served model's tokenizer is on the server."""
+        return approx_tokens(text)
+
+    def watch(self, on_state_change: Callable[[str, str], None]) -> None:
+        self._on_state_change = on_state_change
+
     def clear_cache(self) -> None:
         if self._fallback is not None:
             self._fallback.clear_cache()
@@ -330,41 +205,26 @@ class RemoteBackend:
         timings = Timings()
         line = req.prefix.rsplit("\n", 1)[-1]
         held = "" if self.settings.fim == "infill" else hold_back_space(self._template, req.prefix)[1]
-        rows: dict[int, _Row] = {}
+        rows: dict[int, StreamRow] = {}
         deadline = t0 + req.stop.deadline_ms / 1000 if req.stop.deadline_ms else None
         sent_stops = bool(body.get("stop"))
         stream = self.client.stream(path, body)
-        watch = _Watcher(stream, req.is_cancelled, deadline)
+        watch = Watcher(stream, req.is_cancelled, deadline)
         first: float | None = None
         try:
             for event in stream:
                 if watch.reason:
                     break
                 if "error" in event:
-                    raise Rejected(f"the server reported: {_error_text(event['error'])}")
-                for index, piece, finish in _pieces(event):
+                    raise Rejected(f"the server reported: {error_text(event['error'])}")
+                for index, piece, finish in pieces(event):
                     row = rows.get(index)
                     if row is None:
-                        row = rows[index] = _Row(StopChecker(req.stop, line), held)
-                    if row.reason is not None:
-                        continue
-                    if piece:
-                        if first is None:
-                            first = time.perf_counter()
-                        row.raw += piece
-                        row.chunks += 1
-                        text = unheal(row.raw, row.held)
-                        if text is not None:
-                            row.text = text
-                            hit = row.checker.check(text)
-                            if hit is not None:
-                                row.reason, row.cut = hit.reason, hit.cut
-                                continue
-                    if finish:
-                        row.reason = _finish_reason(finish, sent_stops)
-                    elif row.chunks >= req.stop.max_tokens:
-                        row.reason = "max_tokens"
-                _read_usage(event, timings)
+                        row = rows[index] = StreamRow(StopChecker(req.stop, line), held)
+                    if piece and first is None and row.reason is None:
+                        first = time.perf_counter()
+                    row.add(piece, finish, sent_stops, req.stop.max_tokens)
+                read_usage(event, timings)
                 if rows and all(r.reason is not None for r in rows.values()):
                     break       # every candidate is done: close now, whatever the server would add
                 if req.is_cancelled():
@@ -421,26 +281,10 @@ class RemoteBackend:
         elif choice != "auto":
             self._template, source = text_template(choice), "setting"
         else:
-            self._template, source = self._detect_template()
+            self._template, source = template_for_server(self._tokenizer_probe(), self._model)
         self._fim_source = source
         log.info("remote engine at %s: model %s, prompt template %s (%s)", self.endpoint.display,
                  self._model or "(server default)", self._template.name if self._template else "plain", source)
-
-    def _detect_template(self) -> tuple[fim.FimTemplate | None, str]:
-        """Ask the server's tokenizer which FIM tokens it has; else guess from the model's name."""
-        tokenize = self._tokenizer_probe()
-        if tokenize is not None:
-            base = len(tokenize(""))
-            for name, spellings, _ in fim.KNOWN_TEMPLATES:
-                for spelling in spellings:
-                    if len(tokenize("".join(spelling))) - base == 3:   # each one token: the model has them
-                        return text_template(name, spelling), "tokenizer"
-            return None, "tokenizer"
-        model = (self._model or "").lower()
-        for a, b, name in NAME_HINTS:
-            if a in model and b in model:
-                return text_template(name), "model name"
-        return None, "default"
 
     def _tokenizer_probe(self) -> Callable[[str], list] | None:
         """A function text -> token list through whichever tokenize endpoint the server has."""
@@ -473,9 +317,9 @@ class RemoteBackend:
 
     def _announce(self, state: str, message: str) -> None:
         (log.warning if state == "down" else log.info)("%s", message)
-        if self.on_state_change is not None:
+        if self._on_state_change is not None:
             try:
-                self.on_state_change(state, message)
+                self._on_state_change(state, message)
             except Exception:  # noqa: BLE001 - a listener must not break completions
                 log.exception("remote state listener failed")
 
@@ -507,73 +351,6 @@ class RemoteBackend:
             self._counters[name] += 1
 
 
-class _Watcher:
-    """Closes a stream from another thread when the request is cancelled or its deadline passes,
-    so a read blocked on a silent server (a long prefill) returns within WATCH_INTERVAL_S."""
-
-    def __init__(self, stream: EventStream, is_cancelled: Callable[[], bool], deadline: float | None) -> None:
-        self.reason: StopReason | None = None
-        self._stream = stream
-        self._is_cancelled = is_cancelled
-        self._deadline = deadline
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="keystroke-remote-watch", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._done.wait(WATCH_INTERVAL_S):
-            try:
-                cancelled = self._is_cancelled()
-            except Exception:  # noqa: BLE001
-                cancelled = False
-            if cancelled or (self._deadline is not None and time.perf_counter() >= self._deadline):
-                self.reason = "cancelled" if cancelled else "deadline"
-                self._stream.abort()
-                return
-
-    def stop(self) -> None:
-        self._done.set()
-
-
-def _pieces(event: dict) -> Iterator[tuple[int, str, str | None]]:
-    """(candidate index, new text, finish reason or None) from one event of either API."""
-    choices = event.get("choices")
-    if isinstance(choices, list):
-        for c in choices:
-            if isinstance(c, dict):
-                yield int(c.get("index") or 0), str(c.get("text") or ""), c.get("finish_reason")
-        return
-    if "content" in event:     # llama.cpp's native /infill and /completion
-        finish = (event.get("stop_type") or "eos") if event.get("stop") else None
-        yield 0, str(event.get("content") or ""), finish
-
-
-def _finish_reason(finish: str, sent_stops: bool) -> StopReason:
-    if finish in ("length", "limit"):
-        return "max_tokens"
-    if finish == "word" or (finish == "stop" and sent_stops):
-        return "stop_string"     # with stop strings sent, "stop" may be either; say the likelier
-    return "eos"
-
-
-def _read_usage(event: dict, timings: Timings) -> None:
-    usage = event.get("usage")
-    if isinstance(usage, dict):
-        timings.prompt_tokens = int(usage.get("prompt_tokens") or timings.prompt_tokens)
-        timings.decode_tokens = int(usage.get("completion_tokens") or timings.decode_tokens)
-    t = event.get("timings")      # llama.cpp: how much of the prompt its KV-cache already held
-    if isinstance(t, dict) and "prompt_n" in t:
-        cached, computed = int(t.get("cache_n") or 0), int(t.get("prompt_n") or 0)
-        timings.reused_memory_tokens, timings.computed_tokens = cached, computed
-        timings.prompt_tokens = timings.prompt_tokens or cached + computed
-
-
-def _error_text(err: object) -> str:
-    if isinstance(err, dict):
-        return str(err.get("message") or err)[:300]
-    return str(err)[:300]
-
-
 def _summary(values: list[float]) -> dict:
     if not values:
         return {"count": 0}
@@ -589,7 +366,3 @@ def _ms_since(t0: float) -> float:
 
 def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
-
-
-__all__ = ["RemoteBackend", "RemoteSettings", "RemoteError", "hold_back_space", "render_prompt", "text_template",
-           "unheal"]

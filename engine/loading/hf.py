@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from .config import ModelConfig
-from .errors import ModelError
-from .tokenizer import Tokenizer
+from ..errors import ModelError
+from ..model import ModelConfig
+from ..tokenizer import Tokenizer
 
 MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gemma3": "gemma3",
                "gemma3_text": "gemma3"}

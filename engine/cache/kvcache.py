@@ -7,9 +7,12 @@ grows the buffers by doubling so that typing does not reallocate per key.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from .config import ModelConfig
+if TYPE_CHECKING:
+    from ..model import ModelConfig
 
 
 class KVCache:

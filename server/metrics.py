@@ -54,8 +54,12 @@ class LatencyRecord:
             self._prompt_tokens += t.prompt_tokens
             self._reused_memory += t.reused_memory_tokens
             self._reused_disk += t.reused_disk_tokens
-            self._typed_through += int(t.typed_through)
             self._cache_hits += int(t.response_cache_hit)
+
+    def add_typed_through(self) -> None:
+        """A request answered from the last suggestion, without the engine."""
+        with self._lock:
+            self._typed_through += 1
 
     def add_context(self, provenance: list[dict]) -> None:
         """The provenance of one prompt (`PromptParts.provenance`): which sources went in, how many tokens."""
@@ -89,7 +93,8 @@ class LatencyRecord:
                     "reused_memory_ratio": _ratio(self._reused_memory, prompt),
                     "reused_disk_ratio": _ratio(self._reused_disk, prompt),
                     "reused_ratio": _ratio(self._reused_memory + self._reused_disk, prompt),
-                    "typed_through_ratio": _ratio(self._typed_through, calls),
+                    "typed_through": self._typed_through,
+                    "typed_through_ratio": _ratio(self._typed_through, calls + self._typed_through),
                     "response_cache_hit_ratio": _ratio(self._cache_hits, calls),
                 },
                 "context": {

@@ -26,9 +26,9 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from gguf.quants import dequantize
 
-from .config import ModelConfig
-from .errors import ModelError
-from .tokenizer import Tokenizer
+from ..errors import ModelError
+from ..model import ModelConfig
+from ..tokenizer import Tokenizer
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_TYPES = frozenset(GGMLQuantizationType[name] for name in (

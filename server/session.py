@@ -1,0 +1,369 @@
+"""The server's state: documents, configuration, the engine and its worker.
+
+`KeystrokeServer` owns what lives as long as a session: the open documents
+(with the documents it refuses), the configuration, the backend and its
+loading, the scheduler, the latency record and the suggestions last shown.
+Request logic lives in `features`, registration in `lsp`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+from pygls.uris import to_fs_path
+
+from keystroke.engine.api import Backend, CompletionResult
+from keystroke.engine.errors import KeystrokeError
+from keystroke.server import pipeline
+from keystroke.server.config import Config, engine_changed, parse_config
+from keystroke.server.context import DocumentView
+from keystroke.server.metrics import LatencyRecord
+from keystroke.server.positions import Snapshot, clean_text, document_problem, position_to_offset
+from keystroke.server.protocol import KeystrokeProtocol, short_error
+from keystroke.server.scheduler import Outcome, Scheduler, Ticket
+from keystroke.server.secrets import redact_secrets
+
+log = logging.getLogger("keystroke.lsp")
+
+NAME = "keystroke"
+VERSION = "0.1.0"
+
+
+def load_backend(config: Config, *, quant: str = "auto") -> Backend:
+    """The engine for `config`: the local model, or a remote server (runs on the scheduler's worker)."""
+    from keystroke.engine import make_backend
+    return make_backend(config.engine_settings(quant=quant))
+
+
+def describe_provenance(provenance: list[dict]) -> str:
+    """One log line for a prompt's parts: `source tokens tok (items from origins)`, in prompt order."""
+    parts = []
+    for e in provenance:
+        origins = ", ".join(str(o) for o in e.get("origins", [])[:4])
+        parts.append(f"{e['source']} {e['tokens']} tok ({e['items']}{' from ' + origins if origins else ''})")
+    return "; ".join(parts)
+
+
+def display_uri(uri: str) -> str:
+    return redact_secrets(uri.rsplit("/", 1)[-1])[:120]
+
+
+class Suggestions:
+    """Post-processed suggestions for one cursor, or why there are none."""
+
+    def __init__(self, texts: list[str], reason: str, result: CompletionResult | None = None) -> None:
+        self.texts = texts
+        self.reason = reason       # served | typed_through | superseded | cancelled | stale | error ...
+        self.result = result
+
+
+class KeystrokeServer(LanguageServer):
+    def __init__(self, config: Config | None = None, *, quant: str = "auto",
+                 loader: Callable[[Config], Backend] | None = None) -> None:
+        super().__init__(NAME, VERSION, protocol_cls=KeystrokeProtocol,
+                         text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.config = config or Config()
+        self.quant = quant
+        self.loader = loader or (lambda cfg: load_backend(cfg, quant=self.quant))
+        self.scheduler = Scheduler()
+        self.record = LatencyRecord()
+        self.shown = pipeline.TypedThrough()
+        self.backend: Backend | None = None
+        self.engine_state = "loading"       # loading | ready | failed
+        self.engine_error: str | None = None
+        self.refused: dict[str, str] = {}   # uri -> why it gets no completions
+        self.items_static = False           # completion advertised in InitializeResult
+        self.items_dynamic = False          # registered with client/registerCapability
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.engine_load_started = False    # on the first `initialized` notification
+        self._load_generation = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- helpers ---------------------------------------------------------
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run a coroutine in the background, keeping a reference, logging failures."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task failed", exc_info=t.exception())
+        task.add_done_callback(done)
+
+    def notify_user(self, message: str, kind: types.MessageType = types.MessageType.Warning) -> None:
+        if kind <= types.MessageType.Warning:
+            log.warning("%s", message)
+        else:
+            log.info("%s", message)
+        try:
+            self.window_show_message(types.ShowMessageParams(type=kind, message=message))
+        except Exception as e:  # noqa: BLE001 - a closed transport must not break a handler
+            log.warning("could not show a message: %s", short_error(e))
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        """pygls calls this for failures it caught; log them, do not pop up.
+        Protocol answers (unknown method, bad params) are not bugs: no traceback."""
+        from pygls.exceptions import JsonRpcException
+        if isinstance(error, JsonRpcException):
+            log.warning("%s", error)
+        else:
+            log.error("error in server (%s): %s", getattr(source, "__name__", source), error, exc_info=error)
+
+    @property
+    def capabilities_of_client(self) -> types.ClientCapabilities:
+        caps = getattr(self.protocol, "client_capabilities", None)
+        return caps if caps is not None else types.ClientCapabilities()
+
+    def documents(self) -> dict[str, Any]:
+        try:
+            return self.workspace.text_documents
+        except RuntimeError:
+            return {}
+
+    def find_document(self, uri: Any) -> Any:
+        """The open document at `uri`, or None. Never reads from disk."""
+        if not isinstance(uri, str):
+            return None
+        from urllib.parse import unquote
+        return self.documents().get(unquote(uri))
+
+    def snapshot(self, uri: str) -> Snapshot | None:
+        doc = self.find_document(uri)
+        if doc is None or uri in self.refused:
+            return None
+        text = doc.source
+        return Snapshot(uri, doc.version, text, doc.language_id or "", _fs_path(uri),
+                        tuple(text.splitlines(True)), doc.position_codec)
+
+    def current_version(self, uri: str) -> int | None:
+        doc = self.find_document(uri)
+        return None if doc is None else doc.version
+
+    # -- document sync ---------------------------------------------------
+    def open_document(self, item: types.TextDocumentItem) -> None:
+        item.text = clean_text(item.text)
+        self.refused.pop(item.uri, None)
+        problem = document_problem(item.text, self.config.max_document_bytes)
+        if problem:
+            self._refuse(item.uri, problem)
+            return
+        self.workspace.put_text_document(item)
+
+    def change_document(self, params: types.DidChangeTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        if uri in self.refused:
+            return
+        doc = self.find_document(uri)
+        if doc is None:
+            log.warning("didChange for a document that is not open: %s", redact_secrets(str(uri))[:200])
+            return
+        for change in params.content_changes:
+            change.text = clean_text(change.text)
+            if isinstance(change, types.TextDocumentContentChangePartial) and not _range_ok(doc, change.range):
+                log.warning("didChange with a range outside %s; change ignored", uri[:200])
+                continue
+            doc.apply_change(change)
+            if "\x00" in change.text or len(doc.source) > self.config.max_document_bytes // 4:
+                problem = document_problem(doc.source, self.config.max_document_bytes)
+                if problem:
+                    self._refuse(uri, problem)
+                    return
+        doc.version = params.text_document.version
+
+    def close_document(self, uri: str) -> None:
+        self.refused.pop(uri, None)
+        self.shown.forget(uri)
+        if self.find_document(uri) is not None:
+            self.workspace.remove_text_document(uri)
+        backend = self.backend
+        if backend is not None:
+            self.scheduler.submit_background(lambda: backend.close_document(uri))
+
+    def _refuse(self, uri: str, problem: str) -> None:
+        self.refused[uri] = problem
+        self.shown.forget(uri)
+        if self.find_document(uri) is not None:
+            self.workspace.remove_text_document(uri)
+        name = uri.rsplit("/", 1)[-1][:120]
+        self.notify_user(f"keystroke: no completions for {name}: {problem}")
+
+    # -- engine ----------------------------------------------------------
+    async def load_engine(self) -> None:
+        """Load (or reload) the model on the worker, reporting progress."""
+        self._load_generation += 1
+        generation = self._load_generation
+        self.engine_state = "loading"
+        self.backend = None
+        self.shown.forget()
+        config = self.config
+        token = await self._begin_progress(f"loading {config.model}")
+        started = time.perf_counter()
+        try:
+            backend = await self.scheduler.call(lambda: self.loader(config))
+        except Exception as e:  # noqa: BLE001 - shown to the user
+            if generation != self._load_generation:
+                return
+            self.engine_state = "failed"
+            self.engine_error = e.problem + (f" ({e.hint})" if e.hint else "") if isinstance(e, KeystrokeError) \
+                else short_error(e)
+            if not isinstance(e, KeystrokeError):
+                log.error("model loading failed", exc_info=e)
+            self.notify_user(f"keystroke: could not load model {config.model!r}: {self.engine_error}",
+                             types.MessageType.Error)
+            self._end_progress(token, "failed")
+            return
+        if generation != self._load_generation:  # a newer configuration superseded this load
+            return
+        self.backend = backend
+        self.engine_state, self.engine_error = "ready", None
+        loop = asyncio.get_running_loop()  # a remote backend calls from the worker thread
+        backend.watch(lambda state, message: loop.call_soon_threadsafe(
+            self.notify_user, f"keystroke: {message}",
+            types.MessageType.Warning if state == "down" else types.MessageType.Info))
+        log.info("model %s loaded in %.1f s", config.model, time.perf_counter() - started)
+        self._end_progress(token, f"{config.model} ready")
+
+    async def _begin_progress(self, message: str) -> str | None:
+        caps = self.capabilities_of_client
+        if caps.window is None or not caps.window.work_done_progress:
+            return None
+        token = f"keystroke-load-{uuid.uuid4().hex[:8]}"
+        try:
+            await asyncio.wait_for(self.work_done_progress.create_async(token), 5)
+            self.work_done_progress.begin(token, types.WorkDoneProgressBegin(
+                title="keystroke", message=message, cancellable=False))
+        except Exception as e:  # noqa: BLE001 - progress is a nicety
+            log.info("no progress reporting: %s", short_error(e))
+            return None
+        return token
+
+    def _end_progress(self, token: str | None, message: str) -> None:
+        if token:
+            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
+
+    def engine_info(self) -> tuple[dict | None, dict | None]:
+        backend = self.backend
+        if backend is None:
+            return None, None
+        info = stats = None
+        try:
+            info = backend.info()
+        except Exception as e:  # noqa: BLE001
+            log.warning("engine info failed: %s", short_error(e))
+        try:
+            stats = backend.stats()
+        except Exception as e:  # noqa: BLE001
+            log.warning("engine stats failed: %s", short_error(e))
+        return info, stats
+
+    # -- configuration ---------------------------------------------------
+    def apply_settings(self, raw: object, *, reload: bool = True) -> list[str]:
+        """Merge the editor's settings; reload the engine when its settings changed."""
+        old = self.config
+        self.config, warnings = parse_config(raw, old)
+        for w in warnings:
+            log.warning("%s", w)
+        if warnings:
+            self.notify_user("\n".join(warnings))
+        if reload and engine_changed(old, self.config) and self.loop is not None:
+            self.spawn(self.load_engine())
+        return warnings
+
+    def want_completion_items(self) -> bool:
+        mode = self.config.completion_items
+        if mode == "on":
+            return True
+        if mode == "off":
+            return False
+        td = self.capabilities_of_client.text_document
+        return td is None or td.inline_completion is None
+
+    # -- completions -----------------------------------------------------
+    def gate(self, snap: Snapshot | None) -> str | None:
+        """Why this document gets nothing now, or None."""
+        if snap is None:
+            return "unknown"
+        if not self.config.enabled:
+            return "disabled"
+        if not self.config.language_enabled(snap.language_id):
+            return "language"
+        if self.backend is None:
+            return self.engine_state
+        return None
+
+    def view(self, snap: Snapshot, text: str | None = None) -> DocumentView:
+        return DocumentView(snap.uri, snap.text if text is None else text, snap.language_id, snap.path)
+
+    def other_documents(self, uri: str) -> list[DocumentView]:
+        return [DocumentView(other_uri, doc.source, doc.language_id or "", _fs_path(other_uri))
+                for other_uri, doc in list(self.documents().items())
+                if other_uri != uri and other_uri not in self.refused]
+
+    def workspace_root(self) -> Path | None:
+        try:
+            root = self.workspace.root_path
+        except RuntimeError:
+            return None
+        return Path(root) if root else None
+
+    async def suggest(self, snap: Snapshot, text: str, offset: int, *, feature: str, n: int,
+                      debounce_ms: float) -> Suggestions:
+        """Suggestions at `offset` of `text` (the snapshot's text, possibly
+        with a selected completion applied): the rest of the last suggestion
+        when the user typed into it, else the pipeline's answer from the model."""
+        key = (snap.uri, feature)
+        if (rest := self.shown.rest(snap.uri, text, offset, n)) is not None:
+            self.scheduler.supersede(key)
+            self.record.add_typed_through()
+            self.shown.remember(snap.uri, text, offset, rest)
+            return Suggestions(rest, "typed_through")
+        config, backend = self.config, self.backend
+        doc, others, root = self.view(snap, text), self.other_documents(snap.uri), self.workspace_root()
+
+        def make_work(ticket: Ticket) -> Callable[[], Any]:
+            def work() -> tuple[CompletionResult, list[str]]:
+                plan = pipeline.plan(doc, offset, others, config, n=n, count_tokens=backend.count_tokens,
+                                     workspace_root=root, is_cancelled=ticket.is_cancelled)
+                self.record.add_context(plan.provenance)
+                log.debug("context for %s: %s", display_uri(snap.uri), describe_provenance(plan.provenance))
+                result = backend.complete(plan.request)
+                return result, pipeline.finish(result, plan)
+            return work
+
+        try:
+            outcome: Outcome = await self.scheduler.run(key, make_work, debounce_ms=debounce_ms)
+        except asyncio.CancelledError:   # $/cancelRequest
+            self.record.count("cancelled")
+            raise
+        if outcome.status != "done":
+            return Suggestions([], outcome.status)
+        result, texts = outcome.value
+        self.record.add_result(result)
+        if result.error:
+            log.warning("engine error: %s", result.error)
+            return Suggestions([], "error", result)
+        if self.current_version(snap.uri) != snap.version:
+            return Suggestions([], "stale", result)
+        self.shown.remember(snap.uri, text, offset, texts)
+        return Suggestions(texts, "served", result)
+
+
+def _fs_path(uri: str) -> Path | None:
+    try:
+        p = to_fs_path(uri)
+    except Exception:  # noqa: BLE001 - odd uris have no path
+        return None
+    return Path(p) if p else None
+
+
+def _range_ok(doc: Any, rng: types.Range) -> bool:
+    start = position_to_offset(doc.lines, doc.position_codec, rng.start)
+    end = position_to_offset(doc.lines, doc.position_codec, rng.end)
+    return start is not None and end is not None and start <= end
