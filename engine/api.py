@@ -45,6 +45,9 @@ class StopPolicy:
     stop_strings: tuple[str, ...] = ()
     mode: StopMode = "free"
     stop_on_repetition: bool = True
+    # The document's LSP languageId: block mode reads its strings and comments with that
+    # language's lexicon (engine/languages.py); '' reads the conventions common to most.
+    language_id: str = ""
 
 
 @dataclass

@@ -29,6 +29,8 @@ import torch
 
 from .api import SamplingParams, StopPolicy, StopReason
 from .healing import HealPlan, vocab_index
+from .languages import code_lexicon
+from .lexer import scan
 from .cache.kvcache import KVCache
 from .sampling import make_generator, sample
 from .stops import StopChecker
@@ -132,7 +134,7 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
     allowed = heal.allowed_mask(tokenizer, logits.shape[-1]) if heal is not None else None
     tail = list(prompt_ids)[-REPETITION_WINDOW:]
     eos = tokenizer.eos_ids
-    stay_on_line = stop.mode == "line" and continues_on_line(line_before_cursor)
+    stay_on_line = stop.mode == "line" and continues_on_line(line_before_cursor, stop.language_id)
 
     def finish(reason: StopReason) -> None:
         for row in rows:
@@ -191,19 +193,26 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
     return out
 
 
-_OPEN_ENDS = tuple("([{,.=+-*/%&|^<>")
+_OPEN_ENDS = frozenset("([{,.=+-*/%&|^<>")
 
 
-def continues_on_line(line_before_cursor: str) -> bool:
+def continues_on_line(line_before_cursor: str, language_id: str = "") -> bool:
     """Whether the code before the cursor is left open (a bracket, a comma, an operator, a dot).
 
     There a line-mode completion that starts with a line break would show
     nothing, although the user is visibly in the middle of something: the
     model is then asked for its best continuation on the same line
-    (Black-formatted code teaches a model to break after `name(`).
+    (Black-formatted code teaches a model to break after `name(`). The line
+    is read with the stop checker's lexer: a comment ends with its line
+    anyway, and a one-line string left open must go on on this line.
     """
-    code = line_before_cursor.rstrip()
-    return bool(code.strip()) and code.endswith(_OPEN_ENDS)
+    lex = code_lexicon(language_id)
+    st = scan(line_before_cursor, lex)
+    if st.in_comment:
+        return False
+    if st.in_string:
+        return st.string not in lex.multiline
+    return st.last_code in _OPEN_ENDS
 
 
 def _without_line_breaks(rows: list[_Row], allowed: torch.Tensor | None, tokenizer: Tokenizer,

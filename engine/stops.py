@@ -32,10 +32,11 @@ Decisions, so the server can rely on them:
   the next dedented line, and a brace block ends after the `}` that
   balances it (immediately, when that line holds only closing brackets and
   `;` or `,`). Brackets inside string literals and comments are not
-  counted; the scanner knows `#` comments (at a line start or after
-  whitespace), `//` and `/* */` comments, '...', "..." and `...` strings
-  (one line long) and triple-quoted strings, and it reads the cursor's
-  line first so a cursor inside a string is known.
+  counted: the policy's `language_id` picks the lexer's `Lexicon` (the
+  one mode choice uses); without a language it knows `#` comments (at a
+  line start or after whitespace), `//` and `/* */` comments, '...',
+  "..." and `...` strings (one line long) and triple-quoted strings. It
+  reads the cursor's line first so a cursor inside a string is known.
 - **Repetition** (when the policy asks for it): a non-empty line repeated
   three times in a row keeps only the first copy; a tail that repeats a
   unit of 2 to 64 characters holding a letter or digit, at least 4 times
@@ -46,9 +47,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .api import StopPolicy, StopReason
+from .languages import code_lexicon
+from .lexer import Scanner, ScanState, indent_width
 
-OPENERS = "([{"
-CLOSERS = ")]}"
+__all__ = ["Stop", "StopChecker", "indent_width"]
+
+_CLOSING_LINE = frozenset(")]};,")
 LINE_REPEATS = 3
 LOOP_MIN_REPEATS = 4
 LOOP_MIN_CHARS = 24
@@ -61,97 +65,18 @@ class Stop:
     cut: int  # keep text[:cut]
 
 
-def indent_width(line: str) -> int:
-    """Columns of leading whitespace, a tab counting as 4."""
-    width = 0
-    for ch in line:
-        if ch == " ":
-            width += 1
-        elif ch == "\t":
-            width += 4
-        else:
-            break
-    return width
-
-
-class _BracketScanner:
-    """Counts bracket depth over code text, skipping strings and comments.
-
-    Fed one character at a time (text arrives token by token), so two- and
-    three-character delimiters are recognised from the characters before.
-    """
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.max_depth = 0
-        self.mode = "code"      # code | line_comment | block_comment | string
-        self.quote = ""         # the open string's delimiter: ' " ` or a triple of one
-        self.escape = False
-        self.string_len = 0     # characters inside the open string so far
-        self.quote_run = 0      # closing quotes seen in a row (triple-quoted strings)
-        self.empty_quote = ""   # the quote of an empty string just closed ('' or "")
-        self.prev = "\n"
-
-    def feed(self, text: str) -> None:
-        for ch in text:
-            self._char(ch)
-
-    def _char(self, ch: str) -> None:
-        prev, self.prev = self.prev, ch
-        mode = self.mode
-        if mode == "code":
-            empty, self.empty_quote = self.empty_quote, ""
-            if ch in "\"'`":
-                self.mode, self.escape, self.string_len, self.quote_run = "string", False, 0, 0
-                self.quote = ch * 3 if empty == ch else ch  # a third quote after '' opens a triple
-            elif ch == "#" and prev in " \t\n":
-                self.mode = "line_comment"
-            elif ch == "/" and prev == "/":
-                self.mode = "line_comment"
-            elif ch == "*" and prev == "/":
-                self.mode, self.prev = "block_comment", ""
-            elif ch in OPENERS:
-                self.depth += 1
-                self.max_depth = max(self.max_depth, self.depth)
-            elif ch in CLOSERS:
-                self.depth -= 1
-        elif mode == "line_comment":
-            if ch == "\n":
-                self.mode = "code"
-        elif mode == "block_comment":
-            if ch == "/" and prev == "*":
-                self.mode = "code"
-        elif self.escape:
-            self.escape = False
-            self.string_len += 1
-        elif ch == "\\":
-            self.escape = True
-            self.quote_run = 0
-        elif len(self.quote) == 1:
-            if ch == self.quote:
-                self.mode = "code"
-                self.empty_quote = ch if self.string_len == 0 else ""
-            elif ch == "\n":
-                self.mode = "code"  # an unterminated one-line string ends with its line
-            self.string_len += 1
-        else:
-            self.quote_run = self.quote_run + 1 if ch == self.quote[0] else 0
-            if self.quote_run == 3:
-                self.mode = "code"
-
-
 class StopChecker:
     def __init__(self, policy: StopPolicy, line_before_cursor: str = "") -> None:
         self.policy = policy
         self.line_before_cursor = line_before_cursor
+        self._lexicon = code_lexicon(policy.language_id)
         self._reset()
 
     def _reset(self) -> None:
         self._text = ""
-        self._scanner = _BracketScanner()
-        self._scanner.feed(self.line_before_cursor)
-        self._scanner.depth = 0          # only brackets opened by the completion count
-        self._scanner.max_depth = 0
+        # Only brackets opened by the completion count (`ScanState.opened`).
+        self._scanner = Scanner(self._lexicon, context=self.line_before_cursor)
+        self._scanned = 0                # completion text fed to the scanner so far
         cursor_line = self.line_before_cursor
         self._start_level = indent_width(cursor_line) if cursor_line.strip() else None
         # On a blank line inside a body the block is the rest of that body; after code
@@ -160,8 +85,8 @@ class StopChecker:
         self._line = self.line_before_cursor  # the current line so far, cursor line included
         self._line_start = -len(self.line_before_cursor)  # where it starts, in completion offsets
         self._seen_content = False       # any non-whitespace in the completion yet
-        self._line_depth_at_start = 0
-        self._scanner_mode_at_line_start = "code"
+        self._open_at_line_start = 0     # brackets of the completion open where the line starts
+        self._code_at_line_start = True  # the line starts outside strings and comments
         self._last_content_end = 0       # end of the last non-blank line's text
         self._lines: list[str] = []      # the completion's finished lines
         self._line_ends: list[int] = []  # offset of each finished line's newline
@@ -214,19 +139,20 @@ class StopChecker:
             line = self._line
             if mode == "line":
                 return Stop("line", offset)
-            self._scanner.feed(ch)
             if line.strip():
                 self._last_content_end = offset
             hit = None
             if mode == "block":
-                hit = self._block_at_line_end(line, offset)
+                self._scanner.feed(self._text[self._scanned:offset + 1])
+                self._scanned = offset + 1
+                st = self._scanner.state()
+                hit = self._block_at_line_end(line, offset, st)
+                self._open_at_line_start = st.opened
+                self._code_at_line_start = not st.in_string and not st.in_comment
             if hit is None and self.policy.stop_on_repetition:
                 hit = self._line_repeats(line, offset)
             self._line, self._line_start = "", offset + 1
-            self._line_depth_at_start = self._scanner.depth
-            self._scanner_mode_at_line_start = self._scanner.mode
             return hit
-        self._scanner.feed(ch)
         first_char_of_line = not self._line.strip() and not ch.isspace()
         self._line += ch
         if ch.isspace():
@@ -235,20 +161,20 @@ class StopChecker:
             level = indent_width(self._line)
             if self._start_level is None:
                 self._start_level = level
-            elif mode == "block" and self._seen_content and self._line_depth_at_start <= 0 \
-                    and self._scanner_mode_at_line_start == "code" \
+            elif mode == "block" and self._seen_content and not self._open_at_line_start \
+                    and self._code_at_line_start \
                     and (level < self._start_level if self._blank_start and self._start_level > 0
                          else level <= self._start_level):
                 return Stop("block", self._last_content_end)
         self._seen_content = True
         return None
 
-    def _block_at_line_end(self, line: str, offset: int) -> Stop | None:
+    def _block_at_line_end(self, line: str, offset: int, st: ScanState) -> Stop | None:
         """A line of only closing brackets that balances the completion's block ends it at once."""
         body = line.strip()
-        if (body and all(c in CLOSERS + ";," for c in body) and self._scanner.max_depth > 0
-                and self._scanner.depth <= 0 and self._start_level is not None
-                and indent_width(line) <= self._start_level and self._scanner.mode == "code"):
+        if (body and set(body) <= _CLOSING_LINE and st.most_opened > 0 and not st.opened
+                and self._start_level is not None and indent_width(line) <= self._start_level
+                and not st.in_string and not st.in_comment):
             return Stop("block", offset)
         return None
 

@@ -5,15 +5,14 @@ between, only when the user picks the action):
 
 - `find_actions(text, language_id, start, end)` lists the actions the range
   offers, as `ActionSpec`s that carry the offsets they need;
-- `action_request(spec, text)` gives the prefix, suffix and stop policy to
-  send to the engine;
-- `action_edit(spec, text, completion)` turns the model's text into one
-  replacement (start, end, new text) in Python `str` offsets.
+- `action_request(spec, text)` and `apply_action(spec, text, completion)`
+  (in `action_edits`) give what to send to the engine and the replacement
+  its answer makes.
 
 "Implement function" and "Write docstring" need Python's `ast` and are offered
 for Python only; other languages are not supported yet. "Complete block"
 works from text alone and is offered in any language whose blocks open with
-':' or '{' (see syntax.LEXICONS).
+':' or '{' (see keystroke.engine.languages).
 
 For Python the edit keeps a document that parsed parsing. When the model's
 text does not parse, the edit keeps the longest run of whole leading lines
@@ -27,15 +26,12 @@ from __future__ import annotations
 import ast
 import io
 import re
-import textwrap
 import tokenize
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
-from keystroke.engine.api import StopPolicy
 from keystroke.engine.errors import PositionError
 
-from .postprocess import postprocess
 from .syntax import (analyze, indent_width, indent_unit, leading_ws, lexicon,
                      only_docstring_since_opener, opens_block)
 
@@ -414,119 +410,3 @@ def find_actions(text: str, language_id: str, start_offset: int, end_offset: int
     if block is not None:
         actions.append(block)
     return actions
-
-
-# ---------------------------------------------------------------- requests and edits
-
-def _check(spec: ActionSpec, text: str) -> None:
-    if not 0 <= spec.start <= spec.end <= len(text):
-        raise PositionError(f"the action's range {spec.start}..{spec.end} is outside the document "
-                            f"({len(text)} characters)", "the document changed; ask for code actions again")
-
-
-def action_request(spec: ActionSpec, text: str) -> tuple[str, str, StopPolicy]:
-    """The prefix, suffix and stop policy to send to the engine for `spec`.
-
-    The prefix always ends where the model's first character goes: after the
-    body's indentation for a body, after the opening quotes for a docstring.
-    A docstring stops at the closing quotes in free mode, since its lines may
-    legitimately sit left of the indentation that ends a block.
-    """
-    _check(spec, text)
-    head = text[: spec.start] + "\n" + spec.indent + spec.lead
-    suffix = text[spec.end:]
-    if spec.kind == "docstring":
-        return head + '"""', suffix, StopPolicy(max_tokens=DOCSTRING_MAX_TOKENS, mode="free",
-                                                 stop_strings=('"""',))
-    budget = IMPLEMENT_MAX_TOKENS if spec.kind == "implement" else BLOCK_MAX_TOKENS
-    return head, suffix, StopPolicy(max_tokens=budget, mode="block")
-
-
-def action_edit(spec: ActionSpec, text: str, completion: str) -> tuple[int, int, str]:
-    """The replacement (start, end, new text) that applies `completion` for `spec`."""
-    edit = apply_action(spec, text, completion)
-    return edit.start, edit.end, edit.new_text
-
-
-def _done(spec: ActionSpec, start: int, end: int, new_text: str, note: str = "") -> ActionEdit:
-    title = f"{spec.title} ({note})" if note else spec.title
-    return ActionEdit(start, end, new_text, complete=not note, note=note, title=title)
-
-
-def _body_block(body_lines: list[str], indent: str, lead: str = "") -> str:
-    return "\n" + indent + lead + "\n".join(body_lines)
-
-
-def _body_parses_alone(block: str) -> bool:
-    """Does an indented block parse as the body of some statement?"""
-    return _parses("if True:\n" + textwrap.indent(textwrap.dedent(block.lstrip("\n")), "    "))
-
-
-def _docstring_text(completion: str, indent: str) -> str | None:
-    """The docstring literal after the opening quotes: the text and closing quotes."""
-    doc = completion.split('"""', 1)[0]
-    lines = [ln.rstrip() for ln in doc.split("\n")]
-    lines[0] = lines[0].lstrip()
-    while lines and not lines[-1]:
-        lines.pop()
-    while lines and not lines[0]:
-        lines.pop(0)
-    if not lines:
-        return None
-    if len(lines) > 1:  # continuation lines sit at the docstring's indentation
-        rest = textwrap.dedent("\n".join(lines[1:])).split("\n")
-        lines = lines[:1] + [indent + ln if ln else "" for ln in rest]
-    body = "\n".join(lines)
-    if body.endswith(("\\", '"')) and len(lines) == 1:
-        body = body[:-1].rstrip() if body.endswith("\\") else body[:-1] + '\\"'
-    return body + ('"""' if len(lines) == 1 else "\n" + indent + '"""')
-
-
-def apply_action(spec: ActionSpec, text: str, completion: str) -> ActionEdit:
-    """`action_edit` with a verdict: whether the model's text went in whole, and why not."""
-    _check(spec, text)
-    python = spec.language_id == "python"
-    was_valid = python and _parses(text)
-    prefix, suffix, _ = action_request(spec, text)
-
-    def fits(new_text: str) -> bool:
-        if not python:
-            return True
-        if was_valid:
-            return _parses(text[: spec.start] + new_text + text[spec.end:])
-        return _body_parses_alone(new_text) if spec.kind != "docstring" else True
-
-    if spec.kind == "docstring":
-        literal = _docstring_text(completion, spec.indent)
-        if literal is None:
-            return _done(spec, spec.start, spec.start, "", "the model wrote no docstring")
-        new_text = "\n" + spec.indent + '"""' + literal
-        if fits(new_text):
-            return _done(spec, spec.start, spec.end, new_text)
-        first = _docstring_text(literal.split("\n", 1)[0].replace('"""', ""), spec.indent)
-        if first is not None and fits("\n" + spec.indent + '"""' + first):
-            return _done(spec, spec.start, spec.end, "\n" + spec.indent + '"""' + first,
-                         "kept the first line, the rest did not parse")
-        return _done(spec, spec.start, spec.start, "", "the docstring did not parse")
-
-    # The prompt already ends with the indentation: leading blanks would double it.
-    body = postprocess(completion.replace("\r\n", "\n").lstrip(), prefix=prefix, suffix=suffix, mode="block",
-                       language_id=spec.language_id)
-    body_lines = body.split("\n") if body.strip() else []
-    for n in range(len(body_lines), 0, -1):
-        new_text = _body_block(body_lines[:n], spec.indent, spec.lead)
-        if fits(new_text):
-            note = "" if n == len(body_lines) else f"kept the first {n} of {len(body_lines)} lines, the rest did not parse"
-            return _done(spec, spec.start, spec.end, new_text, note)
-    reason = "the model wrote nothing usable" if not body_lines else "the suggestion did not parse"
-    if spec.kind == "implement" and body_lines:
-        commented = "\n".join(spec.indent + "# " + ln for ln in
-                              textwrap.dedent(spec.indent + "\n".join(body_lines)).split("\n"))
-        stub = text[spec.start: spec.end]
-        if not stub.startswith("\n"):  # one-line def: the stub goes on its own line
-            stub = "\n" + spec.indent + "pass"
-        new_text = ("\n" + spec.indent + spec.lead
-                    + "# keystroke: suggestion kept as a comment, it did not parse\n" + commented + stub)
-        if fits(new_text):
-            return _done(spec, spec.start, spec.end, new_text, reason + "; kept as a comment")
-    return _done(spec, spec.start, spec.start, "", reason)

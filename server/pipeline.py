@@ -24,7 +24,7 @@ from typing import Callable
 
 from keystroke.engine.api import Backend, CompletionRequest, CompletionResult, SamplingParams, StopPolicy
 
-from . import actions
+from . import action_edits, actions
 from .config import Config
 from .context import ContextConfig, DocumentView, approx_tokens, build_context
 from .postprocess import dedupe, postprocess
@@ -75,7 +75,8 @@ def plan(doc: DocumentView, cursor: int, others: list[DocumentView], config: Con
     chosen = mode or choose_mode(doc.text[:cursor], doc.text[cursor:], doc.language_id)
     request = CompletionRequest(doc_id=doc.uri, prefix=parts.prefix, suffix=parts.suffix, header=parts.header,
                                 sampling=sampling(config, n),
-                                stop=StopPolicy(max_tokens=config.max_tokens, mode=chosen), n=n,
+                                stop=StopPolicy(max_tokens=config.max_tokens, mode=chosen, language_id=doc.language_id),
+                                n=n,
                                 is_cancelled=is_cancelled)
     header_tokens = next((e["tokens"] for e in parts.provenance if e["source"] == "header"), 0)
     return Plan(request, chosen, doc.text, cursor, doc.language_id, parts.provenance, header_tokens)
@@ -92,7 +93,7 @@ def plan_action(spec: actions.ActionSpec, doc: DocumentView, config: Config, *,
                 count_tokens: CountTokens = approx_tokens, workspace_root: Path | None = None,
                 is_cancelled: Callable[[], bool] = lambda: False) -> CompletionRequest:
     """The engine request for a code action: the action's own prompt and stops, the document's context header."""
-    prefix, suffix, stop = actions.action_request(spec, doc.text)
+    prefix, suffix, stop = action_edits.action_request(spec, doc.text)
     header = build_context(doc, spec.start, [], config=context_config(config), count_tokens=count_tokens,
                            workspace_root=workspace_root).header
     return CompletionRequest(doc_id=doc.uri, prefix=prefix, suffix=suffix, header=header,
@@ -104,7 +105,7 @@ def finish_action(result: CompletionResult, spec: actions.ActionSpec, text: str)
     """The edit the model's answer makes for `spec`, or None when it gave none."""
     if result.error or not result.candidates:
         return None
-    return actions.apply_action(spec, text, result.text)
+    return action_edits.apply_action(spec, text, result.text)
 
 
 @dataclass(frozen=True)

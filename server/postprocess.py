@@ -130,7 +130,8 @@ def _fit_brackets(text: str, prefix: str, suffix: str, line_suffix: str, languag
     baseline = scan(window, language_id, head).extra_closers
     body = text.rstrip()
     rest = line_suffix.lstrip()
-    candidates = [body[: len(body) - k] for k in range(len(rest), 0, -1) if body.endswith(rest[:k])]
+    candidates = [body[: len(body) - k] for k in range(min(len(rest), len(body)), 0, -1)
+                  if body.endswith(rest[:k])]
     candidates.append(text)
     own = scan(text, language_id, head).outer_closers
     candidates += [text[:p] for p in reversed(own)]

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from keystroke.engine import languages
+
 PLACEHOLDER = "REDACTED"
 
 
@@ -70,7 +72,6 @@ _SECRET_NAME_ENDINGS = (
     "accesskey", "secretkey", "privatekey", "authkey", "signingkey", "encryptionkey",
     "credential", "credentials", "secretkeybase", "connectionstring", "dsn",
 )
-_CONFIG_LANGUAGES = {"yaml", "json", "jsonc", "ini", "properties", "toml", "dotenv", "env", "shellscript", "sh", "bash", "dockerfile"}
 
 
 def is_secret_name(name: str) -> bool:
@@ -102,7 +103,7 @@ def find_secrets(text: str, *, language_id: str = "", env_file: bool = False) ->
     INI, .env and the like, where values are not quoted). Lines are scanned
     one by one through a cache, so a keystroke rescans only the line it changed.
     """
-    config_like = env_file or language_id.lower() in _CONFIG_LANGUAGES
+    config_like = env_file or languages.language(language_id).config
     found: list[Secret] = []
     pos = 0
     for line in text.split("\n"):

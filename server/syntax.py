@@ -1,11 +1,10 @@
-"""The cursor's syntactic situation, from text alone.
+"""The cursor's syntactic situation, from text alone, and the mode it calls for.
 
-No parser is needed (tree-sitter may be missing and the text being typed
-rarely parses): a small lexer per language family skips strings and comments
-with regular expressions and keeps a stack of open brackets. That is enough
-to tell whether the cursor sits in a string, a comment or an open bracket,
-and whether it follows a block opener (a line ending in ':' in Python or
-'{' in brace languages), which is what decides single-line or block mode.
+The engine's lexer (`keystroke.engine.lexer`, one `Lexicon` per language in
+`keystroke.engine.languages`) tells whether the cursor sits in a string, a
+comment or an open bracket; this module adds whether it follows a block
+opener (a line ending in ':' in Python or '{' in brace languages), which is
+what decides single-line or block mode.
 """
 from __future__ import annotations
 
@@ -13,213 +12,20 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from keystroke.engine import lexer
+from keystroke.engine.languages import lexicon
+from keystroke.engine.lexer import Lexicon, ScanState, indent_width
+
+__all__ = ["CursorContext", "Mode", "SCAN_WINDOW", "ScanState", "analyze", "choose_mode", "indent_unit",
+           "indent_width", "leading_ws", "lexicon", "only_docstring_since_opener", "opens_block", "scan",
+           "scan_tail"]
+
 Mode = Literal["line", "block"]
-
-OPENERS = {"(": ")", "[": "]", "{": "}"}
-CLOSERS = {v: k for k, v in OPENERS.items()}
-
-
-@dataclass(frozen=True)
-class Lexicon:
-    """How one language family writes comments and strings."""
-
-    line_comments: tuple[str, ...] = ()
-    block_comments: tuple[tuple[str, str], ...] = ()
-    strings: tuple[str, ...] = ('"',)      # delimiters, longest first
-    multiline: tuple[str, ...] = ()         # delimiters whose strings span lines
-    skip: str = ""                          # extra regex of tokens to ignore
-    block_opener: str = "{"                 # '' when blocks are keywords (Lua, Ruby)
-
-
-_C_LIKE = Lexicon(("//",), (("/*", "*/"),), ('"', "'"))
-_HASH = Lexicon(("#",), (), ('"', "'"), block_opener="")
-
-LEXICONS: dict[str, Lexicon] = {
-    "python": Lexicon(("#",), (), ('"""', "'''", '"', "'"), ('"""', "'''"), block_opener=":"),
-    "javascript": Lexicon(("//",), (("/*", "*/"),), ('"', "'", "`"), ("`",)),
-    "rust": Lexicon(("//",), (("/*", "*/"),), ('"',), ('"',), skip=r"'(?:\\.[^']{0,8}|[^'\\\n])'"),
-    "shellscript": Lexicon(("#",), (), ('"', "'"), ('"', "'")),
-    "lua": Lexicon(("--",), (("--[[", "]]"),), ('"', "'"), block_opener=""),
-    "sql": Lexicon(("--",), (("/*", "*/"),), ("'", '"'), block_opener=""),
-    "html": Lexicon((), (("<!--", "-->"),), ('"',), block_opener=""),
-    "css": Lexicon((), (("/*", "*/"),), ('"', "'")),
-}
-for _lang in ("typescript", "javascriptreact", "typescriptreact", "vue", "svelte"):
-    LEXICONS[_lang] = LEXICONS["javascript"]
-LEXICONS["go"] = Lexicon(("//",), (("/*", "*/"),), ('"', "'", "`"), ("`",))
-for _lang in ("c", "cpp", "objective-c", "java", "csharp", "kotlin", "swift", "php",
-              "scala", "dart", "groovy", "zig", "json", "jsonc", "scss", "less"):
-    LEXICONS[_lang] = _C_LIKE
-LEXICONS["scss"] = LEXICONS["less"] = Lexicon(("//",), (("/*", "*/"),), ('"', "'"))
-for _lang in ("ruby", "perl", "r", "yaml", "toml", "makefile", "dockerfile", "powershell",
-              "elixir", "julia", "nim", "coffeescript"):
-    LEXICONS[_lang] = _HASH
-LEXICONS["haskell"] = Lexicon(("--",), (("{-", "-}"),), ('"',), block_opener="")
-LEXICONS["shellscript"] = Lexicon(("#",), (), ('"', "'"), ('"', "'"))
-
-# Unknown languages: double-quoted strings and brackets only, since a lone
-# apostrophe in prose or a '#' that is not a comment would derail the count.
-GENERIC = Lexicon()
-
-
-def lexicon(language_id: str) -> Lexicon:
-    return LEXICONS.get((language_id or "").lower(), GENERIC)
-
-
-_TOKEN_RES: dict[Lexicon, re.Pattern[str]] = {}
-
-
-def _token_re(lex: Lexicon) -> re.Pattern[str]:
-    pattern = _TOKEN_RES.get(lex)
-    if pattern is None:
-        parts = []
-        if lex.skip:
-            parts.append(f"(?P<skip>{lex.skip})")
-        if lex.block_comments:  # before line comments: Lua's '--[[' starts with '--'
-            parts.append("(?P<bc>" + "|".join(re.escape(a) for a, _ in lex.block_comments) + ")")
-        if lex.line_comments:
-            parts.append("(?P<lc>" + "|".join(re.escape(c) for c in lex.line_comments) + ")")
-        if lex.strings:
-            parts.append("(?P<q>" + "|".join(re.escape(s) for s in lex.strings) + ")")
-        parts.append(r"(?P<br>[()\[\]{}])")
-        pattern = _TOKEN_RES[lex] = re.compile("|".join(parts))
-    return pattern
-
-
-@dataclass(frozen=True)
-class ScanState:
-    """What a left-to-right scan knows at the end of a text.
-
-    `brackets` holds the unclosed openers, innermost last. `string` is the
-    delimiter of a string still open at the end; `comment` is the closing
-    marker of an open block comment, or '\\n' for a line comment. Counters of
-    damage: `extra_closers` (closers with no opener of their kind),
-    `skipped_openers` (openers abandoned when a closer matched a deeper one),
-    `broken_strings` (single-line strings cut by a newline). The counters and
-    `outer_closers` accumulate over the scans chained through `start`, except
-    that `outer_closers` only covers the last scanned text.
-    """
-
-    brackets: tuple[str, ...] = ()
-    string: str | None = None
-    comment: str | None = None
-    last_code: str = ""
-    extra_closers: int = 0
-    skipped_openers: int = 0
-    broken_strings: int = 0
-    outer_closers: tuple[int, ...] = ()  # offsets of closers that closed text before this scan
-
-    @property
-    def in_string(self) -> bool:
-        return self.string is not None
-
-    @property
-    def in_comment(self) -> bool:
-        return self.comment is not None
-
-
-def _string_end(text: str, pos: int, delim: str, multiline: bool) -> tuple[int, bool] | None:
-    """Where the string that starts at `pos` (after its opening delimiter) ends.
-
-    Returns (index after the string, closed properly?) or None when the text
-    ends inside the string. A single-line string ends, broken, at a newline.
-    """
-    i = pos
-    while True:
-        j = text.find(delim, i)
-        if not multiline:
-            nl = text.find("\n", i)
-            if nl != -1 and (j == -1 or nl < j):
-                return nl, False
-        if j == -1:
-            return None
-        k = j
-        while k > pos and text[k - 1] == "\\":
-            k -= 1
-        if (j - k) % 2 == 0:
-            return j + len(delim), True
-        i = j + 1
-
-
-def _last_nonspace(chunk: str, default: str) -> str:
-    stripped = chunk.rstrip()
-    return stripped[-1] if stripped else default
 
 
 def scan(text: str, language_id: str = "python", start: ScanState | None = None) -> ScanState:
-    """Scan `text`, continuing from `start` (the state after earlier text)."""
-    lex = lexicon(language_id)
-    token_re = _token_re(lex)
-    st = start or ScanState()
-    stack = list(st.brackets)
-    extra, skipped, broken = st.extra_closers, st.skipped_openers, st.broken_strings
-    own = 0  # openers on top of `stack` that this text opened
-    outer: list[int] = []
-    pos = 0
-    # `last_code` is settled lazily: code runs from `code_from` up to the next
-    # comment; only then (or at the end) is its last non-space char looked up.
-    last = [st.last_code]
-    code_from = 0
-
-    def settle(upto: int) -> None:
-        last[0] = _last_nonspace(text[code_from:upto], last[0])
-
-    def state(string: str | None = None, comment: str | None = None) -> ScanState:
-        return ScanState(tuple(stack), string, comment, last[0], extra, skipped, broken, tuple(outer))
-
-    if st.string is not None:
-        end = _string_end(text, 0, st.string, st.string in lex.multiline)
-        if end is None:
-            return state(string=st.string)
-        pos, closed = end
-        broken += not closed
-        last[0] = st.string[-1]
-        code_from = pos
-    elif st.comment is not None:
-        end = text.find(st.comment)
-        if end == -1:
-            return state(comment=st.comment)
-        pos = code_from = end + (0 if st.comment == "\n" else len(st.comment))
-
-    n = len(text)
-    while pos < n:
-        m = token_re.search(text, pos)
-        if m is None:
-            break
-        kind, tok = m.lastgroup, m.group()
-        pos = m.end()
-        if kind == "lc" or kind == "bc":
-            settle(m.start())
-            closer = "\n" if kind == "lc" else dict(lex.block_comments)[tok]
-            end = text.find(closer, pos)
-            if end == -1:
-                return state(comment=closer)
-            pos = code_from = end + (0 if kind == "lc" else len(closer))
-        elif kind == "q":
-            end = _string_end(text, pos, tok, tok in lex.multiline)
-            if end is None:
-                settle(m.start())
-                return state(string=tok)
-            pos, closed = end
-            broken += not closed
-        elif kind == "br":
-            if tok in OPENERS:
-                stack.append(tok)
-                own += 1
-                continue
-            if CLOSERS[tok] in stack:
-                depth = len(stack) - 1 - stack[::-1].index(CLOSERS[tok])
-                skipped += len(stack) - 1 - depth
-                removed = len(stack) - depth
-                del stack[depth:]
-            else:
-                extra += 1
-                removed = 0
-            if own < removed or removed == 0:
-                outer.append(m.start())
-            own = max(0, own - removed)
-    settle(n)
-    return state()
+    """Scan `text` with the language's lexicon, continuing from `start` (the state after earlier text)."""
+    return lexer.scan(text, lexicon(language_id), start)
 
 
 # Scans of long prefixes start this far back, at a line that begins at column
@@ -241,12 +47,6 @@ def scan_tail(text: str, language_id: str = "python") -> ScanState:
         if _TOP_LEVEL_START.match(text, pos + 1):
             return scan(text[pos + 1:], language_id)
     return scan(text, language_id)
-
-
-def indent_width(line: str) -> int:
-    """Columns of leading whitespace (tabs to the next multiple of 8, as Python does)."""
-    ws = line[: len(line) - len(line.lstrip(" \t"))]
-    return len(ws.expandtabs(8))
 
 
 def leading_ws(line: str) -> str:

@@ -18,20 +18,13 @@ from pathlib import Path
 from typing import Callable
 
 from keystroke.engine.api import approx_tokens
+from keystroke.engine.languages import language_of_path
 
 from ..secrets import find_secrets, is_env_file, redact_secrets, redact_spans
 from .budget import comment_out, fit_header, render_header, text_tokens, trim_prefix, trim_suffix
 from .parse import language_of
-from .sources import (
-    cursor_targets,
-    display_name,
-    imports_source,
-    signatures_source,
-    siblings_source,
-    similar_source,
-    stable_view,
-    usages_source,
-)
+from .sources import display_name, imports_source, signatures_source, siblings_source, similar_source, stable_view
+from .usages import cursor_targets, usages_source
 from .types import ContextConfig, DocumentView, PromptParts, Snippet
 
 __all__ = [
@@ -40,8 +33,6 @@ __all__ = [
     "usages_source",
 ]
 
-_CONFIG_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".ini": "ini", ".cfg": "ini",
-                    ".conf": "ini", ".toml": "toml", ".properties": "properties", ".env": "dotenv"}
 _CHARS_PER_TOKEN_CAP = 32  # no tokenizer spends fewer tokens than this on a line's characters
 log = logging.getLogger(__name__)
 MEMO_SECONDS = 5.0  # workspace files read for the header and the note may change on disk: look again after this
@@ -49,11 +40,9 @@ _memo: dict[tuple, tuple[float, str, tuple[dict, ...]]] = {}
 
 
 def _secret_language(language_id: str, path: Path | str | None) -> str:
-    if path is not None:
-        suffix = Path(str(path)).suffix.lower()
-        if suffix in _CONFIG_SUFFIXES:
-            return _CONFIG_SUFFIXES[suffix]
-    return language_id
+    """A config file's suffix (.yaml, .env...) outweighs the editor's languageId."""
+    by_path = language_of_path(path)
+    return by_path.id if by_path is not None and by_path.config else language_id
 
 
 def build_context(doc: DocumentView, offset: int, others: list[DocumentView], *,

@@ -9,39 +9,18 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable
 
+from keystroke.engine import languages
+
 from .types import Snippet
 
 CountTokens = Callable[[str], int]
 
 SECTION_ORDER = ("imports", "signatures", "siblings", "similar")
 
-_HASH = {"python", "ruby", "shellscript", "sh", "bash", "zsh", "yaml", "toml", "perl", "r", "makefile", "make",
-         "dockerfile", "cmake", "powershell", "elixir", "nim", "julia", "coffeescript", "properties", "ini",
-         "dotenv", "gitignore", "starlark", "bazel", "graphql", "text", "plaintext", ""}
-_DASH = {"lua", "sql", "haskell", "elm", "ada", "vhdl", "purescript"}
-_SEMI = {"clojure", "lisp", "commonlisp", "scheme", "racket", "elisp", "emacs-lisp", "asm", "nasm"}
-_PERCENT = {"latex", "tex", "erlang", "matlab", "prolog"}
-_XML = {"html", "xml", "markdown", "vue", "svelte", "xsl", "svg"}
-
 
 def comment_marks(language: str) -> tuple[str, str]:
     """(start, end) of a one-line comment in `language`; C-style `//` unless known otherwise."""
-    lang = language.lower()
-    if lang in _HASH:
-        return "#", ""
-    if lang in _DASH:
-        return "--", ""
-    if lang in _SEMI:
-        return ";;", ""
-    if lang in _PERCENT:
-        return "%", ""
-    if lang in _XML:
-        return "<!--", " -->"
-    if lang == "css":
-        return "/*", " */"
-    if lang in ("vim", "viml"):
-        return '"', ""
-    return "//", ""
+    return languages.language(language).comment
 
 
 def comment_out(text: str, language: str) -> str:

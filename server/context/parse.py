@@ -12,59 +12,23 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from keystroke.engine import languages
+
+from .fallback import fallback_outline
+from .imports import js_import, python_import, rust_import
+from .types import Import, Outline, Symbol
+
 MAX_SIGNATURE_LINES = 12   # a header longer than this is cut
 SHORT_TYPE_LINES = 10      # type/struct/interface bodies up to this are kept whole
-
-_EXTENSIONS = {
-    ".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript",
-    ".jsx": "javascript", ".ts": "typescript", ".mts": "typescript", ".cts": "typescript", ".tsx": "tsx",
-    ".go": "go", ".rs": "rust", ".java": "java", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp",
-    ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp", ".hxx": "cpp",
-}
-_LANGUAGE_IDS = {
-    "python": "python", "javascript": "javascript", "javascriptreact": "javascript",
-    "typescript": "typescript", "typescriptreact": "tsx", "go": "go", "rust": "rust",
-    "java": "java", "c": "c", "cpp": "cpp", "cuda-cpp": "cpp", "objective-c": "c",
-}
 
 
 def language_of(language_id: str, path: str | PurePath | None = None) -> str:
     """The grammar name for an LSP languageId, else from the file extension, else the id itself."""
-    lang = _LANGUAGE_IDS.get(language_id.lower())
-    if lang is None and path is not None:
-        lang = _EXTENSIONS.get(PurePath(str(path)).suffix.lower())
+    lang = languages.language(language_id).grammar
+    if lang is None:
+        by_path = languages.language_of_path(path)
+        lang = by_path.grammar if by_path is not None else None
     return lang or language_id.lower() or "text"
-
-
-@dataclass(frozen=True)
-class Import:
-    """One import statement. `names` maps each name it binds to (module, original name or None)."""
-
-    text: str
-    line: int
-    module: str
-    names: tuple[tuple[str, str | None], ...] = ()
-
-
-@dataclass(frozen=True)
-class Symbol:
-    """One definition. `signature` is its header (and first doc line), body elided, dedented."""
-
-    name: str
-    kind: str          # function, method, class, type, variable
-    signature: str
-    start_line: int
-    end_line: int
-    parent: str | None = None   # the enclosing class/impl/type name
-    header_end_line: int = -1   # last line of the header (where the body starts)
-
-
-@dataclass(frozen=True)
-class Outline:
-    language: str
-    imports: tuple[Import, ...]
-    symbols: tuple[Symbol, ...]
-    parsed: bool  # False when the indentation fallback produced it
 
 
 # --------------------------------------------------------------------------- tree-sitter
@@ -414,15 +378,15 @@ class _Walker:
         line = node.start_point[0]
         lang = self.lang
         if lang == "python":
-            return [_python_import(text, line)]
+            return [python_import(text, line)]
         if lang in ("javascript", "typescript", "tsx"):
-            return [_js_import(text, line)]
+            return [js_import(text, line)]
         if lang == "go":
             specs = re.findall(r'(?:([A-Za-z_.]\w*)\s+)?"([^"]+)"', text)
             return [Import(f'import {alias + " " if alias else ""}"{path}"', line, path,
                            ((alias or path.rsplit("/", 1)[-1], None),)) for alias, path in specs]
         if lang == "rust":
-            return [_rust_import(text, line)]
+            return [rust_import(text, line)]
         if lang == "java":
             m = re.match(r"import\s+(static\s+)?([\w.]+)(\.\*)?\s*;", text)
             if not m:
@@ -440,74 +404,6 @@ class _Walker:
         return [Import(text, line, "")]
 
 
-def _python_import(text: str, line: int) -> Import:
-    m = re.match(r"from\s+(\S+)\s+import\s+\(?(.*?)\)?$", text)
-    if m:
-        names = []
-        for part in m.group(2).split(","):
-            bits = part.split()
-            if not bits or bits[0] == "*":
-                continue
-            original = bits[0]
-            alias = bits[2] if len(bits) >= 3 and bits[1] == "as" else original
-            names.append((alias, original))
-        return Import(text, line, m.group(1), tuple(names))
-    m = re.match(r"import\s+(.*)$", text)
-    names, module = [], ""
-    if m:
-        for part in m.group(1).split(","):
-            bits = part.split()
-            if not bits:
-                continue
-            module = module or bits[0]
-            if len(bits) >= 3 and bits[1] == "as":
-                names.append((bits[2], None))
-            else:
-                names.append((bits[0].split(".")[0], None))
-    return Import(text, line, module, tuple(names))
-
-
-def _js_import(text: str, line: int) -> Import:
-    source = re.search(r"""(?:from\s*|require\s*\(\s*|^import\s+)['"]([^'"]+)['"]""", text)
-    module = source.group(1) if source else ""
-    names: list[tuple[str, str | None]] = []
-    braces = re.search(r"\{([^}]*)\}", text)
-    if braces:
-        for part in braces.group(1).split(","):
-            bits = part.replace("type ", "").split()
-            if bits:
-                names.append((bits[-1], bits[0]))
-    default = re.match(r"(?:import|const|let|var)\s+(?:type\s+)?([A-Za-z_$][\w$]*)\s*(?:,|from|=)", text)
-    if default:
-        names.append((default.group(1), None))
-    star = re.search(r"\*\s+as\s+([A-Za-z_$][\w$]*)", text)
-    if star:
-        names.append((star.group(1), None))
-    return Import(text, line, module, tuple(names))
-
-
-def _rust_import(text: str, line: int) -> Import:
-    m = re.match(r"(?:pub(?:\([^)]*\))?\s+)?use\s+(.*?);?$", text)
-    if not m:
-        return Import(text, line, "")
-    path = m.group(1)
-    names: list[tuple[str, str | None]] = []
-    if "{" in path:
-        base, _, rest = path.partition("{")
-        for part in rest.rstrip("}").split(","):
-            bits = part.split()
-            if bits and bits[0] != "self":
-                leaf = bits[0].split("::")[-1]
-                names.append((bits[-1] if len(bits) >= 3 else leaf, leaf))
-        module = base.rstrip(":")
-    else:
-        bits = path.split()
-        module, _, leaf = bits[0].rpartition("::")
-        if leaf != "*":
-            names.append((bits[-1] if len(bits) >= 3 else leaf, leaf))
-    return Import(text, line, module, tuple(names))
-
-
 def _dedent(text: str, first_indent: int) -> str:
     """Dedent the continuation lines of a header by the indentation of its first line."""
     lines = text.split("\n")
@@ -516,55 +412,6 @@ def _dedent(text: str, first_indent: int) -> str:
         cut = min(first_indent, len(line) - len(line.lstrip()))
         out.append(line[cut:])
     return "\n".join(out)
-
-
-# --------------------------------------------------------------------------- fallback
-
-_DEF_WORDS = re.compile(
-    r"^\s*(?:(?:pub|export|public|private|protected|static|async|local|abstract|final|override|default|inline)\s+)*"
-    r"(?P<word>def|fn|func|function|class|struct|enum|interface|trait|type|module|sub|proc|fun|object|record|impl|macro|defn|defun)\s+"
-    r"\(?(?:self\.)?([A-Za-z_][\w.!?]*)"
-)
-_CLASS_WORDS = ("class", "struct", "enum", "interface", "trait", "type", "module", "object", "record", "impl")
-_IMPORT_LINE = re.compile(r"^\s*(?:import\s|from\s+\S+\s+import\s|#\s*include\b|use\s|using\s|require[\s(]|require_relative\s|library\(|load\(|@import\s|open\s)")
-
-
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" \t").lstrip("\t"))
-
-
-def fallback_outline(text: str, language: str) -> Outline:
-    """Definitions from indentation: a named header line followed by more-indented lines."""
-    lines = text.split("\n")
-    imports = [Import(" ".join(l.split()), i, "") for i, l in enumerate(lines) if _IMPORT_LINE.match(l)]
-    symbols: list[Symbol] = []
-    stack: list[tuple[int, str]] = []  # (indent, name) of open definitions
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        ind = _indent(line)
-        while stack and stack[-1][0] >= ind:
-            stack.pop()
-        m = _DEF_WORDS.match(line)
-        if not m:
-            continue
-        end = i
-        for j in range(i + 1, len(lines)):
-            if not lines[j].strip():
-                continue
-            if _indent(lines[j]) <= ind:
-                # a closing bracket at the header's indentation still belongs to it
-                end = j if lines[j].strip()[:1] in ")]}" or lines[j].strip() in ("end", "fi", "done") else end
-                break
-            end = j
-        parent = stack[-1][1] if stack else None
-        header = line.strip()
-        body = "" if end == i else (" ..." if header.endswith(("{", ":", "do", "=")) else "\n    ...")
-        name = m.group(2)
-        kind = "class" if m.group("word") in _CLASS_WORDS else ("function" if parent is None else "method")
-        symbols.append(Symbol(name, kind, header + body, i, end, parent, i))
-        stack.append((ind, name))
-    return Outline(language, tuple(imports), tuple(symbols), parsed=False)
 
 
 # --------------------------------------------------------------------------- entry point

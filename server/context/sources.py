@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import NamedTuple
 from pathlib import Path
 
 from ..secrets import is_env_file
 from . import similar as _similar
-from .parse import Import, Outline, Symbol, language_of, outline
+from .parse import language_of, outline
+from .types import Import, Outline, Symbol
 from .types import ContextConfig, DocumentView, Snippet
 from .workspace import read_workspace_file, resolve_import, same_package_files
 
@@ -22,7 +22,7 @@ _NAME_USE = re.compile(r"([A-Za-z_]\w*)(?:\s*(?:\.|::|->)\s*([A-Za-z_]\w*))?")
 _SCOPE_KINDS = ("function", "method", "class", "type", "impl", "module")
 _CONTAINER_KINDS = ("class", "type", "impl", "module")
 _MAX_MEMBERS = 12
-_NO_LINES = range(0)
+NO_LINES = range(0)
 
 
 def stable_view(doc: DocumentView, offset: int) -> tuple[DocumentView, int]:
@@ -85,7 +85,7 @@ def _outside(s: Symbol, visible: range) -> bool:
 
 # --------------------------------------------------------------------------- imports
 
-def imports_source(doc: DocumentView, cursor_line: int, visible: range = _NO_LINES) -> list[Snippet]:
+def imports_source(doc: DocumentView, cursor_line: int, visible: range = NO_LINES) -> list[Snippet]:
     """The current file's import statements that the prompt's prefix/suffix do not already show."""
     out = doc_outline(doc)
     texts = []
@@ -161,7 +161,7 @@ class _Resolver:
 
     def __init__(self, doc: DocumentView, others: list[DocumentView], root: Path | None, config: ContextConfig):
         self.doc, self.root, self.config = doc, root, config
-        self.others = [o for o in others if o.uri != doc.uri and not _excluded(o, config)]
+        self.others = [o for o in others if o.uri != doc.uri and not excluded(o, config)]
         self.by_path: dict[Path, DocumentView] = {}
         for o in self.others:
             if o.path is not None:
@@ -208,11 +208,11 @@ class _Resolver:
         return found
 
 
-def _excluded(doc: DocumentView, config: ContextConfig) -> bool:
+def excluded(doc: DocumentView, config: ContextConfig) -> bool:
     return is_env_file(doc.path or doc.uri) or len(doc.text) > config.max_document_chars
 
 
-class _Finder:
+class Finder:
     """Resolves a name used in `doc` (and the attribute after it) to its definition.
 
     Looked for, in order: through the current file's imports (open documents
@@ -297,14 +297,14 @@ class _Finder:
 
 def signatures_source(doc: DocumentView, cursor_line: int, others: list[DocumentView], *,
                       config: ContextConfig = ContextConfig(), workspace_root: Path | None = None,
-                      visible: range = _NO_LINES) -> list[Snippet]:
-    """Signatures of the names used near the cursor, wherever they are defined (see `_Finder`).
+                      visible: range = NO_LINES) -> list[Snippet]:
+    """Signatures of the names used near the cursor, wherever they are defined (see `Finder`).
 
     A definition in the current file counts only outside the visible lines
     and outside the cursor's own scope. Names the file imports from local
     code come too, ranked below the ones in use.
     """
-    finder = _Finder(doc, others, config, workspace_root)
+    finder = Finder(doc, others, config, workspace_root)
     lines = doc.text.split("\n")
     scope = enclosing_symbol(finder.out, lines, cursor_line)
     uses = used_names(doc.text, cursor_line, config.usage_lines_before, config.usage_lines_after)
@@ -349,179 +349,10 @@ def signatures_source(doc: DocumentView, cursor_line: int, others: list[Document
     return ranked[: config.max_signatures]
 
 
-# --------------------------------------------------------------------------- the call at the cursor
-
-_CALLEE = re.compile(r"([A-Za-z_]\w*)(?:\s*\.\s*([A-Za-z_]\w*))*\s*$")
-_DEFINITION_LINE = re.compile(r"[ \t]*(?:async\s+)?(?:def|class|fn|func|function)\s")
-_ATTRIBUTE_AT_CURSOR = re.compile(r"([A-Za-z_]\w*)\s*\.\s*\w*$")
-
-
-class CursorTarget(NamedTuple):
-    """What the code before the cursor is in the middle of: a call `name(`, `name.attr(` or a member access `name.`."""
-
-    name: str
-    attr: str | None
-    kind: str   # "call" or "member"
-    key: str    # the callee as written, without spaces: "name(", "name.attr(", "name."
-    end: int    # index in the line just after the `(` or `.`
-
-
-def cursor_targets(line_before_cursor: str) -> list[CursorTarget]:
-    """The member access and the call that the cursor is in, innermost first, from its line before the cursor.
-
-    `name.` or `name.par` right before the cursor is a member access of
-    `name`; the innermost call left open on the line (`name(` or
-    `name.attr(`, also around an open list or dict) is the call. Strings are
-    skipped so that brackets inside them do not count.
-    """
-    code = _mask_strings(line_before_cursor)
-    targets = []
-    m = _ATTRIBUTE_AT_CURSOR.search(code)
-    if m is not None:
-        targets.append(CursorTarget(m.group(1), None, "member", m.group(1) + ".", code.index(".", m.start()) + 1))
-    opened: list[int] = []
-    for i, ch in enumerate(code):
-        if ch in "([{":
-            opened.append(i)
-        elif ch in ")]}" and opened:
-            opened.pop()
-    for at in reversed(opened):  # the innermost call: through a list or a dict being written as its argument
-        m = _CALLEE.search(code[:at]) if code[at] == "(" else None
-        if m is not None:
-            chain = re.split(r"\s*\.\s*", m.group(0).strip())
-            targets.append(CursorTarget(chain[0], chain[1] if len(chain) > 1 else None, "call",
-                                        ".".join(chain) + "(", at + 1))
-            break
-    return targets
-
-
-def _mask_strings(line: str) -> str:
-    """`line` with the inside of its quoted strings replaced by spaces (an open string runs to the end)."""
-    out, quote, i = [], "", 0
-    while i < len(line):
-        ch = line[i]
-        if quote:
-            if ch == "\\":
-                out.append("  ")
-                i += 2
-                continue
-            out.append(quote if ch == quote else " ")
-            quote = "" if ch == quote else quote
-        else:
-            if ch in "\"'`":
-                quote = ch
-            out.append(ch)
-        i += 1
-    return "".join(out)[: len(line)]
-
-
-def usages_source(doc: DocumentView, offset: int, others: list[DocumentView], *,
-                  config: ContextConfig = ContextConfig(), workspace_root: Path | None = None,
-                  visible: range = _NO_LINES) -> Snippet | None:
-    """Another call of what the cursor is calling or reaching into: a note of a line (`usages_lines`).
-
-    For `name(` (or `name.`) right before the cursor, where `name` is
-    defined in the project (this file, an open document, a module the file
-    imports), the calls of it elsewhere (this file outside the prompt's
-    lines, open documents, files of the same folder), the one whose
-    surroundings look most like the cursor's first. None when the prompt's
-    lines already hold a call of it: that one is the better example.
-
-    It goes right above the cursor's line, not into the header: only the
-    note and the cursor's line are recomputed when it appears, the header
-    and the rest of the prefix keep their KV-cache. Real calls, not the
-    definition: a small model copies what it is shown, and a call shows the
-    argument shapes that this code base passes (a signature made it copy
-    parameter names in place of the caller's variables; docs/eval.md).
-    """
-    start = doc.text.rfind("\n", 0, offset) + 1
-    if _DEFINITION_LINE.match(doc.text, start):
-        return None
-    targets = cursor_targets(doc.text[start:offset])
-    if not targets:
-        return None
-    finder = _Finder(doc, others, config, workspace_root)
-    for target in targets:
-        note = _usages_of(target, doc, start, finder, config, workspace_root, visible)
-        if note is not None:
-            return note
-    return None
-
-
-def _usages_of(target: CursorTarget, doc: DocumentView, start: int, finder: _Finder,
-               config: ContextConfig, workspace_root: Path | None, visible: range) -> Snippet | None:
-    name, attr, kind, key = target.name, target.attr, target.kind, target.key
-    module = finder.module_members(name) if kind == "member" else None
-    hit = finder.find(name, attr) if module is None else None
-    if module is None and (hit is None or hit[0].kind == "variable"):
-        return None
-    defining = module[0] if module is not None else hit[1]
-    lines = doc.text.split("\n")
-    cursor_line = doc.text.count("\n", 0, start)
-    # what the cursor's line says up to the call, not the arguments being typed: the note holds still while they are
-    query = _similar.identifiers("\n".join(lines[max(0, cursor_line - 5):cursor_line]) + "\n"
-                                 + doc.text[start:start + target.end])
-    pattern = re.compile(r"(?<![\w.])" + r"\s*\.\s*".join(map(re.escape, key[:-1].split("."))) + r"\s*" + re.escape(key[-1]))
-    found: list[tuple[float, int, str, int, str]] = []
-    seen_rest: set[str] = set()
-    shown = False
-    for rank, d in enumerate(_usage_documents(doc, defining, finder, config, workspace_root)):
-        d_lines = lines if d is doc else d.text.split("\n")
-        origin = "this file" if d is doc else display_name(d, workspace_root)
-        for i, line in enumerate(d_lines):
-            if len(line) > 200 or line.lstrip().startswith(("#", "//")):
-                continue
-            m = pattern.search(_mask_strings(line))
-            if m is not None and d is doc and i in visible and i != cursor_line:
-                shown = True
-            if m is None or (d is doc and (i == cursor_line or i in visible)) or _DEFINITION_LINE.match(line):
-                continue
-            rest = line[m.end():].strip()
-            if not rest or rest in seen_rest:
-                continue
-            seen_rest.add(rest)
-            score = _similar.jaccard(query, _similar.identifiers("\n".join(d_lines[max(0, i - 5):i + 1])))
-            found.append((-score, rank, origin, i, line.strip()))
-    if not found or shown:  # a call within the prompt's lines is the better example, and the nearer one
-        return None
-    found.sort()
-    chosen = found[:max(1, config.usages_lines)]
-    text = "\n".join(line for *_, line in chosen)
-    return Snippet("usages", "", text, 0.0, (), chosen[0][2], chosen[0][3], doc.language_id)
-
-
-_USAGE_FOLDER_FILES = 32
-
-
-def _usage_documents(doc: DocumentView, defining: DocumentView, finder: "_Finder", config: ContextConfig,
-                     root: Path | None) -> list[DocumentView]:
-    """Where to look for uses: this file, open documents, the defining module, files beside this one."""
-    docs = [doc, *finder.resolver.others, defining]
-    if doc.path is not None and root is not None:
-        try:
-            siblings = sorted(p for p in doc.path.parent.iterdir() if p.suffix == doc.path.suffix and p != doc.path)
-        except OSError:
-            siblings = []
-        for p in siblings[:_USAGE_FOLDER_FILES]:
-            d = finder.resolver.open_file(p)
-            if d is not None:
-                docs.append(d)
-    out, seen = [], set()
-    for d in docs:
-        try:
-            where = d.path.resolve() if d.path is not None else d.uri
-        except OSError:
-            where = d.uri
-        if d.uri not in seen and where not in seen:  # the editor's text of this file, never its copy on disk
-            seen.update((d.uri, where))
-            out.append(d)
-    return out
-
-
 # --------------------------------------------------------------------------- same-indent blocks
 
 def siblings_source(doc: DocumentView, cursor_line: int, *, config: ContextConfig = ContextConfig(),
-                    visible: range = _NO_LINES) -> list[Snippet]:
+                    visible: range = NO_LINES) -> list[Snippet]:
     """Signatures of the blocks beside the cursor's scope: the other methods of its class, or
     the other top-level definitions, when the prompt's prefix/suffix do not show them."""
     out = doc_outline(doc)
@@ -556,7 +387,7 @@ def similar_source(doc: DocumentView, cursor_line: int, others: list[DocumentVie
         return []
     candidates = []
     for o in others:
-        if o.uri == doc.uri or _excluded(o, config):
+        if o.uri == doc.uri or excluded(o, config):
             continue
         best = _similar.best_windows(query, o.text, config.similar_window_lines, config.similar_min_score)
         if best:

@@ -100,3 +100,36 @@ class Snippet:
     origin: str = ""
     line: int = -1          # where it starts in its origin, to drop the same block offered twice
     language: str = ""      # the origin's language id, for secret redaction
+
+
+# --------------------------------------------------------------------------- what parsing a file gives
+
+@dataclass(frozen=True)
+class Import:
+    """One import statement. `names` maps each name it binds to (module, original name or None)."""
+
+    text: str
+    line: int
+    module: str
+    names: tuple[tuple[str, str | None], ...] = ()
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """One definition. `signature` is its header (and first doc line), body elided, dedented."""
+
+    name: str
+    kind: str          # function, method, class, type, variable
+    signature: str
+    start_line: int
+    end_line: int
+    parent: str | None = None   # the enclosing class/impl/type name
+    header_end_line: int = -1   # last line of the header (where the body starts)
+
+
+@dataclass(frozen=True)
+class Outline:
+    language: str
+    imports: tuple[Import, ...]
+    symbols: tuple[Symbol, ...]
+    parsed: bool  # False when the indentation fallback produced it

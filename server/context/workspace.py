@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from ..secrets import is_env_file
-from .parse import Import
+from .types import Import
 
 _JS_EXTS = (".ts", ".tsx", ".js", ".jsx", ".mjs", ".cjs", ".d.ts")
 _read_cache: dict[Path, tuple[tuple[int, int], str | None]] = {}

@@ -8,7 +8,7 @@ from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
 
 from keystroke.engine.api import SamplingParams, StopPolicy
-from keystroke.engine.generate import TextStream, generate
+from keystroke.engine.generate import TextStream, continues_on_line, generate
 from keystroke.engine.model import ModelConfig, Transformer
 from keystroke.engine.tokenizer import Tokenizer
 
@@ -331,3 +331,16 @@ def test_line_mode_does_not_start_with_a_line_break_after_an_open_bracket(line, 
     out = generate(model, FakeCache(), model.first(), TOK, sampling=SamplingParams(),
                    stop=StopPolicy(max_tokens=16, mode="line"), line_before_cursor=line)
     assert (out[0].text if out else "") == expected
+
+
+@pytest.mark.parametrize("line, language_id, expected", [
+    ("    x = frame(", "python", True),
+    ("    x = 1  # see (", "python", False),   # a comment ends with its line
+    ("    x = 1  # see (", "", False),
+    ("    x = 1  /* a */", "javascript", False),  # the comment is not code: `1` ends it
+    ('    s = "abc', "python", True),           # a one-line string must be closed on this line
+    ('    """Doc (', "python", False),          # a docstring may go on below
+    ("", "python", False),
+])
+def test_continues_on_line_reads_the_line_with_the_lexer(line, language_id, expected):
+    assert continues_on_line(line, language_id) is expected

@@ -1,5 +1,6 @@
 """Stop rules, fed text the way the decode loop does: one growing string per token."""
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from keystroke.engine.api import StopPolicy
 from keystroke.engine.stops import StopChecker, indent_width
@@ -112,8 +113,10 @@ def test_text_that_changes_behind_the_checker_is_rescanned():
     assert checker.check("xy\nz").cut == 2
 
 
-def test_indent_width_counts_tabs_as_four():
-    assert indent_width("\t  x") == 6
+def test_indent_width_puts_a_tab_at_the_next_multiple_of_eight():
+    # Python's tokenizer rule, shared with mode choice and post-processing
+    assert indent_width("\t  x") == 10
+    assert indent_width("  \tx") == indent_width("\tx") == indent_width(" " * 8 + "x") == 8
 
 
 @pytest.mark.parametrize("text, kept", [
@@ -131,3 +134,29 @@ def test_block_mode_ignores_brackets_in_strings_and_comments(text, kept):
 def test_block_mode_a_dedented_line_inside_a_string_does_not_end_the_block():
     text = 'x = """\nno indent here\n"""\n    return x\nprint(1)\n'
     assert run(text, line="    ", mode="block") == ("block", text[:text.index("\nprint")])
+
+
+def test_block_mode_reads_comments_and_strings_in_the_policys_language():
+    # Python: '#' right after code starts a comment, so its '(' is not open
+    assert run("x = 1#(\ny = 2\n", mode="block", language_id="python") == ("block", "x = 1#(")
+    assert run("x = 1#(\ny = 2\n", mode="block") is None
+    # JavaScript: a template literal spans lines; its '}' and its last line end nothing
+    text = "const s = `\n}\n`;\nfoo();\n"
+    assert run(text, mode="block", language_id="javascript") == ("block", "const s = `\n}\n`;")
+    assert run(text, mode="block") == ("block", "const s = `")
+
+
+def test_block_mode_a_tab_reaches_the_next_multiple_of_eight():
+    # eight spaces sit at the level of a tab-indented `if`, as Python reads them
+    assert run("\n\t\treturn 1\n        y = 2\n", line="\tif x:", mode="block") == ("block", "\n\t\treturn 1")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["(", ")", "{", "}", '"', "'", '"""', "`", "#", "//", "/*", "*/", "\\",
+                                 "\n", "    ", "\t", "x", ":", ";"]), max_size=30),
+       st.sampled_from(["", "python", "javascript", "rust"]), st.integers(1, 7), st.sampled_from(["", "    ", "  f("]))
+def test_block_stops_do_not_depend_on_how_the_text_is_split(pieces, language_id, chunk, line):
+    text = "".join(pieces)
+    whole = run(text, chunk=len(text) + 1, line=line, mode="block", stop_on_repetition=False, language_id=language_id)
+    assert run(text, chunk=chunk, line=line, mode="block", stop_on_repetition=False,
+               language_id=language_id) == whole

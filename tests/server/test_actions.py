@@ -17,8 +17,8 @@ import textwrap
 import pytest
 
 from keystroke.engine.errors import PositionError
-from keystroke.server.actions import (ActionSpec, action_edit, action_request, apply_action,
-                                      find_actions)
+from keystroke.server.action_edits import action_request, apply_action
+from keystroke.server.actions import ActionSpec, find_actions
 
 MODULE = '''\
 """Small helpers for an inventory service."""
@@ -82,7 +82,8 @@ def kinds(text: str, offset: int, language_id: str = "python") -> list[str]:
 
 
 def apply(text: str, spec: ActionSpec, completion: str) -> str:
-    start, end, new_text = action_edit(spec, text, completion)
+    edit = apply_action(spec, text, completion)
+    start, end, new_text = edit.start, edit.end, edit.new_text
     return text[:start] + new_text + text[end:]
 
 

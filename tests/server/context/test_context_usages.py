@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from keystroke.server.context import ContextConfig, DocumentView, build_context, usages_source
-from keystroke.server.context.sources import cursor_targets
+from keystroke.server.context.usages import cursor_targets
 
 MODELS = '''"""Orders and how they are stored."""
 
