@@ -36,6 +36,13 @@ def expected(backend, tmp_path: Path, uri: str, text: str, offset: int, *, confi
     return pipeline.complete(backend, doc, offset, [], config, n=n, workspace_root=tmp_path).suggestions
 
 
+def types_snapshot(uri: str, text: str):
+    """The server's view of a just-opened document (version 1), for deriving what it must answer."""
+    from pygls.workspace.position_codec import PositionCodec
+    from keystroke.server.positions import Snapshot
+    return Snapshot(uri, 1, text, "python", Path(to_fs_path(uri)), tuple(text.splitlines(True)), PositionCodec())
+
+
 def cursor_at_end(text: str) -> tuple[int, int]:
     lines = text.split("\n")
     return len(lines) - 1, utf16_len(lines[-1])
@@ -143,7 +150,7 @@ async def test_completion_capability_follows_client_and_config(start_server, mod
     assert (s.init.capabilities.completion_provider is not None) == advertised
 
 
-async def test_code_action_resolve_gives_an_edit_that_parses(start_server, model, tmp_path):
+async def test_code_action_resolve_gives_an_edit_that_parses(start_server, model, reference_backend, tmp_path):
     s = await start_server(model)
     uri = (tmp_path / "act.py").as_uri()
     text = 'import math\n\n\ndef area(radius):\n    """Area of a circle."""\n    pass\n\n\nprint(area(2))\n'
@@ -162,6 +169,14 @@ async def test_code_action_resolve_gives_an_edit_that_parses(start_server, model
     ast.parse(new)
     assert new.startswith("import math\n\n\ndef area(radius):\n")
     assert new.endswith("print(area(2))\n")
+    # What the model's text lost on the way (cut lines, kept as a comment) is told to the user.
+    spec = features.current_spec(types_snapshot(uri, text), implement[0].data)
+    doc = DocumentView(uri, text, "python", Path(to_fs_path(uri)))
+    request = pipeline.plan_action(spec, doc, Config(), count_tokens=reference_backend.count_tokens,
+                                   workspace_root=tmp_path)
+    want = pipeline.finish_action(reference_backend.complete(request), spec, text)
+    told = [m.message for m in s.client.messages if m.message.startswith("keystroke: " + spec.title)]
+    assert told == ([f"keystroke: {want.title}"] if want.note else []), (want, told)
 
 
 async def test_code_action_command_for_clients_without_resolve(start_server, model, tmp_path):
