@@ -1,137 +1,138 @@
-"""Engine throughput: prefill and decode tokens/s, keystroke (fp32, int8) next to llama.cpp.
+"""The engine against today's llama.cpp on the same GGUF, through the path users run.
 
-    python scripts/bench_engine.py [--models gemma3-270m smollm2-135m] [--threads 2]
+    python3 scripts/bench_engine.py [--models gemma3-270m smollm2-135m] [--threads 2] [--repeats 2]
 
-For each model it reads the same standard-library file with each engine:
-prefill of 512 and 2048 tokens (one forward over the prompt, logits of the
-last position only), then decode: one token at a time after a 512-token
-context, `--decode` steps. llama.cpp runs through llama-cpp-python on the
-same GGUF with the same thread count in the same process (a benchmark-only
-extra built from source: `pip install llama-cpp-python==0.3.36`); when it
-is absent the script says so and prints no ratio for it.
-Prints a Markdown table, ratios against llama.cpp.
+Each side runs in a fresh process of its own, one after the other (never at
+once: on 2 cores both would fight over the threads), alternating, `--repeats`
+times; medians are reported.
+
+- keystroke: `Engine.load` then `Engine.complete` (what the server calls),
+  int8 by default on CPU, no disk cache;
+- llama.cpp: its own HTTP server from the prebuilt `xllamacpp` wheel,
+  in-process in the child, asked over loopback (`/completion`).
+
+Each side: one warm-up request, then a prompt of `--prompt` tokens (the
+standard library's argparse.py) and `--decode` greedy tokens. Measured: start
+to the first answer (process start to the warm-up's answer, the model loaded),
+peak RSS and RSS after the request, prefill and decode tokens/s. Ratios are
+keystroke / llama.cpp, from the same run.
 """
 from __future__ import annotations
 
 import argparse
-import gc
+import json
+import socket
 import statistics
+import subprocess
 import sys
 import sysconfig
 import time
 from pathlib import Path
 
-import torch
-
-from keystroke.engine.loading.gguf import load_gguf
-from keystroke.engine.model import Transformer
-from keystroke.engine.quantize import quantize_model
-from keystroke.engine.loading.registry import resolve
-
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "argparse.py"
+METRICS = (("start_s", "start to first answer, s"), ("peak_rss_mb", "peak RSS, MB"),
+           ("rss_mb", "RSS after the request, MB"), ("prefill_tok_s", "prefill, tok/s"),
+           ("decode_tok_s", "decode, tok/s"))
 
 
-def best_of(fn, repeats: int) -> float:
-    """The fastest of `repeats` timings (seconds): the least disturbed by other work on the machine."""
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+def memory_mb() -> tuple[float, float]:
+    """(peak, current) resident memory of this process."""
+    status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+    return int(status["VmHWM"].split()[0]) / 1024, int(status["VmRSS"].split()[0]) / 1024
 
 
-def bench_torch(path: Path, quant: str, ids: list[int], decode_steps: int, repeats: int) -> dict:
-    cfg, weights, _tok, _meta = load_gguf(path)
-    model = Transformer.from_weights(cfg, weights)
-    del weights
-    if quant != "fp32":
-        quantize_model(model, quant, model.phase)
-        model.embed.weight = torch.nn.Parameter(model.embed.weight.half(), requires_grad=False)
-    out = {}
-    for n in (512, 2048):
-        def prefill():
-            cache = model.new_cache(capacity=n)
-            for s in range(0, n, 512):  # the engine's chunking
-                model(torch.tensor([ids[s:min(n, s + 512)]]), cache)
-        out[f"prefill{n}"] = n / best_of(prefill, repeats)
-    rates = []
-    for _ in range(repeats):
-        cache = model.new_cache(capacity=512 + decode_steps)
-        model(torch.tensor([ids[:512]]), cache)
-        t = time.perf_counter()
-        for i in range(decode_steps):
-            model(torch.tensor([[ids[512 + i]]]), cache, decode=True)
-        rates.append(decode_steps / (time.perf_counter() - t))
-    out["decode"] = max(rates)
-    del model
-    gc.collect()
-    return out
+def side_keystroke(model: str, n_prompt: int, n_decode: int, threads: int, started: float) -> dict:
+    from keystroke.engine import CompletionRequest, Engine, StopPolicy
+    engine = Engine.load(model, threads=threads, persist=False)
+    stop = StopPolicy(max_tokens=n_decode, mode="free", stop_on_repetition=False)
+    ids = engine.tokenizer.encode(SOURCE.read_text())[:n_prompt]
+    engine.complete(CompletionRequest(doc_id="warm", prefix=engine.tokenizer.decode(ids[:32]),
+                                      stop=StopPolicy(max_tokens=1), use_cache=False))
+    start_s = time.time() - started
+    t = engine.complete(CompletionRequest(doc_id="bench", prefix=engine.tokenizer.decode(ids), stop=stop,
+                                          use_cache=False)).timings
+    peak, rss = memory_mb()
+    return {"start_s": start_s, "peak_rss_mb": peak, "rss_mb": rss, "prompt_tokens": t.computed_tokens,
+            "prefill_tok_s": t.computed_tokens / (t.prefill_ms / 1000),
+            "decode_tokens": t.decode_tokens, "decode_tok_s": t.decode_tokens / (t.decode_ms / 1000)}
 
 
-def bench_llama_cpp(path: Path, threads: int, text: str, decode_steps: int, repeats: int) -> dict | None:
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        return None
-    llm = Llama(model_path=str(path), n_ctx=4096, n_batch=512, n_threads=threads, n_threads_batch=threads,
-                verbose=False)
-    ids = llm.tokenize(text.encode(), add_bos=True)
-    out = {}
-    for n in (512, 2048):
-        def prefill():
-            llm.reset()
-            llm.eval(ids[:n])
-        out[f"prefill{n}"] = n / best_of(prefill, repeats)
-    rates = []
-    for _ in range(repeats):
-        llm.reset()
-        llm.eval(ids[:512])
-        t = time.perf_counter()
-        for i in range(decode_steps):
-            llm.eval([ids[512 + i]])
-        rates.append(decode_steps / (time.perf_counter() - t))
-    out["decode"] = max(rates)
-    del llm
-    gc.collect()
-    return out
+def side_llamacpp(model: str, n_prompt: int, n_decode: int, threads: int, started: float) -> dict:
+    import urllib.request
+
+    import xllamacpp
+
+    from keystroke.engine import registry
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    params = xllamacpp.CommonParams()
+    params.model.path = str(registry.resolve(model))
+    params.port, params.n_ctx, params.n_parallel = port, 4096, 1
+    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
+    server = xllamacpp.Server(params)  # noqa: F841 - it serves while referenced
+    base = f"http://127.0.0.1:{port}"
+
+    def post(path: str, body: dict) -> dict:
+        request = urllib.request.Request(base + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=600) as answer:
+            return json.load(answer)
+
+    for _ in range(1200):
+        try:
+            urllib.request.urlopen(base + "/health", timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    ids = post("/tokenize", {"content": SOURCE.read_text()})["tokens"][:n_prompt]
+    post("/completion", {"prompt": ids[:32], "n_predict": 1, "temperature": 0, "cache_prompt": False})
+    start_s = time.time() - started
+    t = post("/completion", {"prompt": ids, "n_predict": n_decode, "temperature": 0, "top_k": 1,
+                             "ignore_eos": True, "cache_prompt": False})["timings"]
+    peak, rss = memory_mb()
+    return {"start_s": start_s, "peak_rss_mb": peak, "rss_mb": rss, "prompt_tokens": t["prompt_n"],
+            "prefill_tok_s": t["prompt_per_second"], "decode_tokens": t["predicted_n"],
+            "decode_tok_s": t["predicted_per_second"]}
+
+
+def run_side(side: str, model: str, args: argparse.Namespace) -> dict:
+    """One measurement in a fresh process; its start time is taken here, before the interpreter starts."""
+    cmd = [sys.executable, __file__, "--side", side, "--models", model, "--threads", str(args.threads),
+           "--prompt", str(args.prompt), "--decode", str(args.decode), "--started", repr(time.time())]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise SystemExit(f"the {side} side failed on {model}:\n{done.stderr[-3000:]}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["gemma3-270m", "smollm2-135m"])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--decode", type=int, default=64, help="decode steps per repeat")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--prompt", type=int, default=512, help="prompt tokens")
+    ap.add_argument("--decode", type=int, default=64, help="greedy tokens after the prompt")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--side", choices=("keystroke", "llamacpp"), help=argparse.SUPPRESS)
+    ap.add_argument("--started", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    text = SOURCE.read_text()
-    print(f"torch {torch.__version__}, {args.threads} threads, text: {SOURCE} ({len(text)} chars)")
-    rows = []
-    for name in args.models:
-        path = resolve(name)
-        _cfg, _w, tok, _m = load_gguf(path)
-        del _w
-        ids = ([tok.bos_id] if tok.add_bos and tok.bos_id is not None else []) + tok.encode(text)
-        if len(ids) < 2048 + args.decode:
-            raise SystemExit(f"{SOURCE} is too short for this benchmark")
-        results = {q: bench_torch(path, q, ids, args.decode, args.repeats) for q in ("fp32", "int8")}
-        ref = bench_llama_cpp(path, args.threads, text, args.decode, args.repeats)
-        if ref is None:
-            print("llama-cpp-python is not installed: no llama.cpp column "
-                  "(pip install llama-cpp-python==0.3.36 builds it from source)")
-        for metric in ("prefill512", "prefill2048", "decode"):
-            row = [name, metric] + [f"{results[q][metric]:.1f}" for q in ("fp32", "int8")]
-            if ref is not None:
-                row += [f"{ref[metric]:.1f}"] + [f"{results[q][metric] / ref[metric]:.2f}x" for q in ("fp32", "int8")]
-            rows.append(row)
-    head = ["model", "metric (tok/s)", "keystroke fp32", "keystroke int8", "llama.cpp", "fp32/llama.cpp",
-            "int8/llama.cpp"]
-    width = len(rows[0]) if rows else len(head)
-    print("| " + " | ".join(head[:width]) + " |")
-    print("|" + "---|" * width)
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    if args.side:   # a child: one measurement, one JSON line
+        measure = side_keystroke if args.side == "keystroke" else side_llamacpp
+        print(json.dumps(measure(args.models[0], args.prompt, args.decode, args.threads, args.started)))
+        return 0
+
+    print(f"{args.threads} threads, {args.prompt}-token prompt from {SOURCE.name}, {args.decode} decode tokens, "
+          f"median of {args.repeats} fresh processes per side\n")
+    print("| model | metric | keystroke | llama.cpp | keystroke / llama.cpp |\n|---|---|---|---|---|")
+    for model in args.models:
+        runs: dict[str, list[dict]] = {"keystroke": [], "llamacpp": []}
+        for _ in range(args.repeats):
+            for side in runs:
+                runs[side].append(run_side(side, model, args))
+        for key, label in METRICS:
+            ks = statistics.median(r[key] for r in runs["keystroke"])
+            lc = statistics.median(r[key] for r in runs["llamacpp"])
+            print(f"| {model} | {label} | {ks:.1f} | {lc:.1f} | {ks / lc:.2f}x |", flush=True)
     return 0
 
 

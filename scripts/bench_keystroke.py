@@ -17,14 +17,14 @@ own), with the same prompts:
 
 - keystroke: the engine with its per-document KV-cache and typing-through;
 - no-cache: the same engine, every request from scratch;
-- llama.cpp: llama-cpp-python on the same GGUF, same threads, whose
-  `generate` reuses the longest common token prefix with its last prompt
-  (llama.cpp server's `cache_prompt`);
+- llama.cpp: today's llama.cpp server (the prebuilt xllamacpp wheel) on the
+  same GGUF, same threads, asked with `cache_prompt` (it reuses the longest
+  common token prefix with its last prompt);
 - lsp: keystroke through `keystroke serve` over stdio (didChange, then
   textDocument/inlineCompletion), to show the server's own overhead.
 
-Prompts are built by the server's context pipeline (keystroke.server.context)
-for the document at the cursor. Reported: p50/p95 latency to the
+Prompts are built by the server's pipeline (keystroke.server.pipeline) with
+the server's default settings, for the document at the cursor. Reported: p50/p95 latency to the
 suggestion, tokens computed vs reused per request, typing-through hits,
 peak RSS, and ratios against the no-cache run and llama.cpp.
 """
@@ -151,28 +151,47 @@ def run_engine(trace, model: str, threads: int, use_cache: bool) -> dict:
 
 
 def run_llama_cpp(trace, model: str, threads: int) -> dict:
-    from llama_cpp import Llama
+    """llama.cpp's own server (the xllamacpp wheel, in this process) asked over loopback with `cache_prompt`:
+    the same prompt text (header and prefix, as the engine's left-to-right layout), stopping at a newline."""
+    import socket
+    import urllib.request
 
-    from keystroke.engine.loading.registry import resolve
-    llm = Llama(model_path=str(resolve(model)), n_ctx=4096, n_batch=512, n_threads=threads,
-                n_threads_batch=threads, verbose=False)
+    import xllamacpp
+
+    from keystroke.engine import registry
     from keystroke.server import pipeline
-    count = _token_counter(lambda s: llm.tokenize(s.encode(), add_bos=False))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    params = xllamacpp.CommonParams()
+    params.model.path = str(registry.resolve(model))
+    params.port, params.n_ctx, params.n_parallel = port, 4096, 1
+    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
+    server = xllamacpp.Server(params)  # noqa: F841 - it serves while referenced
+    base = f"http://127.0.0.1:{port}"
+
+    def post(path: str, body: dict) -> dict:
+        request = urllib.request.Request(base + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=600) as answer:
+            return json.load(answer)
+
+    for _ in range(1200):
+        try:
+            urllib.request.urlopen(base + "/health", timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    count = _token_counter(lambda s: post("/tokenize", {"content": s})["tokens"])
     rows = []
     for text, cursor in trace:
         request = pipeline.plan(document(text), cursor, [], settings(), count_tokens=count, mode="line").request
-        tokens = llm.tokenize((request.header + request.prefix).encode(), add_bos=True, special=False)
-        reused = 0
-        for x, y in zip(llm._input_ids.tolist(), tokens):
-            if x != y:
-                break
-            reused += 1
-        reused = min(reused, len(tokens) - 1)
         t = time.perf_counter()
-        out = llm.create_completion(tokens, max_tokens=MAX_TOKENS, temperature=0.0, stop=["\n"])
+        out = post("/completion", {"prompt": request.header + request.prefix, "n_predict": MAX_TOKENS,
+                                   "temperature": 0, "top_k": 1, "stop": ["\n"], "cache_prompt": True})
         ms = (time.perf_counter() - t) * 1000
-        rows.append({"ms": ms, "computed": len(tokens) - reused, "reused": reused, "typed_through": False,
-                     "text": out["choices"][0]["text"]})
+        timings = out.get("timings", {})
+        rows.append({"ms": ms, "computed": timings.get("prompt_n", 0), "reused": timings.get("cache_n", 0),
+                     "typed_through": False, "text": out.get("content", "")})
     return {"rows": rows, "rss_mb": rss_mb()}
 
 
@@ -305,10 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         for config in args.configs:
             if config == "llama.cpp":
                 try:
-                    import llama_cpp  # noqa: F401
+                    import xllamacpp  # noqa: F401
                 except ImportError:
-                    print("llama-cpp-python is not installed: no llama.cpp row "
-                          "(pip install 'llama-cpp-python==0.3.36' builds it from source)")
+                    print("xllamacpp is not installed: no llama.cpp row (pip install -e '.[bench]')")
                     continue
             out = workdir / f"{trace}-{config}.json"
             cmd = [sys.executable, __file__, "--child", "--config", config, "--trace", trace, "--out", str(out),

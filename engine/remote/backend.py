@@ -11,7 +11,9 @@ import logging
 import statistics
 import threading
 import time
+import re
 from collections import deque
+from dataclasses import replace
 from typing import Callable
 
 from .. import fim
@@ -35,6 +37,10 @@ class _Interrupted(Exception):
     def __init__(self, reason: StopReason, reached: bool) -> None:
         self.reason = reason
         self.reached = reached
+
+
+# How servers word a refusal of n > 1: llama.cpp "Field 'n': Value must be between 1 <= value <= 1", vLLM "n must be".
+_REFUSES_N = re.compile(r"""['"`]n['"`]|\bn\s+(?:must|should|is)\b|\bn\s*[<>=]""")
 
 
 class RemoteBackend:
@@ -65,6 +71,7 @@ class RemoteBackend:
         self._model: str | None = settings.model
         self._template: fim.FimTemplate | None = None
         self._fim_source: str | None = None      # how the template was chosen, once it has been
+        self._one_choice = False                 # the server refused n > 1 once: ask one at a time
         self._counters = {"requests": 0, "remote_requests": 0, "failures": 0, "retries": 0,
                           "rejected": 0, "refused_while_down": 0, "cancelled": 0, "fallback_requests": 0,
                           "remote_prompt_tokens": 0, "remote_cached_tokens": 0, "decode_tokens": 0}
@@ -82,7 +89,7 @@ class RemoteBackend:
             self._count("refused_while_down")
             return self._while_down(req, self.breaker.last_error or "it failed before")
         try:
-            result = self._with_retries(req, t0)
+            result = self._choices(req, t0)
         except Unreachable as err:
             self._count("failures")
             if self.breaker.failure(str(err)):
@@ -146,6 +153,39 @@ class RemoteBackend:
             self._fallback.close_document(doc_id)
 
     # -------------------------------------------------------------- requests
+    def _choices(self, req: CompletionRequest, t0: float) -> CompletionResult:
+        """All `req.n` candidates: in one request, or one request each where the server takes n = 1 only.
+
+        llama.cpp's own server refuses n > 1 (HTTP 400, "Field 'n' ..."): that is
+        learnt from the first refusal and kept, so later requests ask one at a time."""
+        if req.n > 1 and (self._one_choice or self.settings.fim == "infill"):
+            return self._one_at_a_time(req, t0)
+        try:
+            return self._with_retries(req, t0)
+        except Rejected as err:
+            if req.n <= 1 or not _REFUSES_N.search(str(err)):
+                raise
+            self._one_choice = True
+            log.warning("remote engine at %s takes one completion per request (%s); asking for each of %d "
+                        "candidates in turn from now on", self.endpoint.display, err, req.n)
+            return self._one_at_a_time(req, t0)
+
+    def _one_at_a_time(self, req: CompletionRequest, t0: float) -> CompletionResult:
+        seed = req.sampling.seed
+        results = []
+        for i in range(req.n):
+            if req.is_cancelled():
+                break
+            sampling = replace(req.sampling, seed=None if seed is None else seed + i)
+            results.append(self._with_retries(replace(req, n=1, sampling=sampling), t0))
+        candidates: list[Candidate] = []
+        for r in results:
+            candidates += [c for c in r.candidates if c.text not in {k.text for k in candidates}]
+        timings = results[0].timings if results else Timings()
+        timings.decode_tokens = sum(r.timings.decode_tokens for r in results)
+        timings.decode_ms = sum(r.timings.decode_ms for r in results)
+        return CompletionResult(candidates, timings)
+
     def _with_retries(self, req: CompletionRequest, t0: float) -> CompletionResult:
         delay = self.settings.backoff_ms / 1000
         for attempt in range(self.settings.retries + 1):

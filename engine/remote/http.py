@@ -133,7 +133,7 @@ class Client:
             finally:
                 conn.close()
             message = f"{method} {path} answered HTTP {resp.status} {resp.reason}" + (f": {detail}" if detail else "")
-            if resp.status >= 500 or resp.status in RETRYABLE_STATUS:
+            if (resp.status >= 500 and resp.status != 501) or resp.status in RETRYABLE_STATUS:  # 501: never will
                 raise Unreachable(message, resp.status)
             raise Rejected(message, resp.status)
         return conn, resp

@@ -333,6 +333,36 @@ def test_n_choices_interleaved(serve):
     assert server.posts()[0]["n"] == 2
 
 
+def test_a_server_that_refuses_n_is_asked_one_candidate_at_a_time(serve):
+    """llama.cpp's server answers n > 1 with HTTP 400: learnt once, then each candidate is its own request."""
+    def script(h, method, path, body):
+        if body.get("n", 1) > 1:
+            h.json({"error": {"code": 400, "type": "invalid_request_error",
+                              "message": f"Field 'n': Value must be between 1 <= value <= 1, but got {body['n']}"}}, 400)
+            return
+        h.start_sse()
+        h.chunk(openai_event(f"seed{body.get('seed')}", "stop"))
+        h.chunk(b"data: [DONE]\n\n")
+        h.end_chunks()
+    server = serve(script)
+    backend = backend_for(server.url, retries=0)
+    r = backend.complete(req(n=3, sampling=SamplingParams(temperature=0.8, seed=7)))
+    assert r.error is None and [c.text for c in r.candidates] == ["seed7", "seed8", "seed9"]
+    assert [b["n"] for b in server.posts()] == [3, 1, 1, 1]
+    again = backend.complete(req(n=2, sampling=SamplingParams(temperature=0.8, seed=1)))
+    assert [c.text for c in again.candidates] == ["seed1", "seed2"]
+    assert [b["n"] for b in server.posts()][4:] == [1, 1]       # no second refusal: it was learnt
+    assert backend.stats()["rejected"] == 0
+
+
+def test_other_refusals_of_several_candidates_are_errors(serve):
+    def script(h, method, path, body):
+        h.json({"error": {"message": "the prompt is too long"}}, 400)
+    server = serve(script)
+    r = backend_for(server.url, retries=0).complete(req(n=3, sampling=SamplingParams(temperature=0.8)))
+    assert r.error and "too long" in r.error and len(server.posts()) == 1
+
+
 def test_error_event_in_stream_is_reported(serve):
     def script(h, method, path, body):
         h.start_sse()
