@@ -82,6 +82,8 @@ class ActionSpec:
             raise ValueError(f"unknown code action kind {spec.kind!r}")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (spec.start, spec.end)):
             raise ValueError("code action offsets are not integers")
+        if not 0 <= spec.start <= spec.end:
+            raise ValueError(f"code action offsets {spec.start}..{spec.end} are not a range of a document")
         if not isinstance(spec.indent, str) or spec.indent.strip(" \t"):
             raise ValueError("code action indent is not whitespace")
         if not all(isinstance(v, str) for v in (spec.title, spec.name, spec.language_id, spec.lead)):

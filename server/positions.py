@@ -1,7 +1,8 @@
 """Documents and positions: plain functions of text and pygls's position codec.
 
 Positions always go through the document's pygls position codec (UTF-16 by
-default), with the same line model pygls uses for incremental sync.
+default), on LSP's line model (`lsp_lines`): only LF, CRLF and CR end a
+line, not the other breaks of `str.splitlines` (U+2028, form feed...).
 """
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ from lsprotocol import types
 from pygls.workspace.position_codec import PositionCodec, ServerTextPosition
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+
+
+def lsp_lines(text: str) -> tuple[str, ...]:
+    """The lines of `text` with their line breaks, as LSP counts lines:
+    only LF, CRLF and CR end a line (no line after a final break)."""
+    return tuple(_LINE.findall(text))
 
 
 def clean_text(text: str) -> str:
@@ -35,10 +43,10 @@ def document_problem(text: str, max_bytes: int) -> str | None:
 
 
 def _content_length(line: str) -> int:
-    """Length of `line` without its line terminator (as splitlines(True) gave it)."""
+    """Length of `line` without its line break (as `lsp_lines` gave it)."""
     if line.endswith("\r\n"):
         return len(line) - 2
-    if line and line[-1] in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029":
+    if line.endswith(("\n", "\r")):
         return len(line) - 1
     return len(line)
 

@@ -2,8 +2,13 @@
 
 Malformed messages get an error response (pygls would drop them and leave
 the client waiting); requests before `initialize` or after `shutdown` get
-the errors LSP specifies; document sync goes to the session, which refuses
-binary or huge documents and unknown uris.
+the errors LSP specifies; a notification method sent with an id is answered
+InvalidRequest and not acted on (a client that retries it as a notification
+must not see an edit applied twice); a request for a method without handler
+is MethodNotFound, with or without params; document-sync messages whose
+fields have the wrong JSON types are refused whole with a warning (the
+converter would turn 5 into "5", None into "None"), the rest goes to the
+session, which refuses binary or huge documents and unknown uris.
 """
 from __future__ import annotations
 
@@ -81,21 +86,37 @@ class KeystrokeProtocol(LanguageServerProtocol):
                 or ("id" in data and not _valid_id(msg_id)):
             return BadMessage(reply_id, method, types.ResponseError(
                 code=types.ErrorCodes.InvalidRequest, message="invalid JSON-RPC message"), **kind)
+        if kind["is_request"] and is_notification(method):
+            log.warning("%s sent with an id: not acted on", method)
+            return BadMessage(reply_id, method, types.ResponseError(
+                code=types.ErrorCodes.InvalidRequest, message=f"{method} is a notification; it takes no id"), **kind)
+        if (problem := sync_problem(method, data.get("params"))) is not None:
+            log.warning("%s refused: %s", method, problem)
+            return BadMessage(reply_id, method, types.ResponseError(
+                code=types.ErrorCodes.InvalidParams, message=f"invalid params for {method}: {problem}"), **kind)
         from pygls.protocol import JsonRPCNotification, JsonRPCRequestMessage, JsonRPCResponseMessage
         try:
             data = lenient_message(data)
             if kind["is_request"]:
+                if not self._handles(method):  # pygls answers MethodNotFound, whatever the params
+                    return self._converter.structure({"params": None, **data}, JsonRPCRequestMessage)
                 return self._converter.structure(data, self.get_message_type(method) or JsonRPCRequestMessage)
             if kind["is_response"]:
                 if "error" in data:
                     return self._converter.structure(data, types.ResponseErrorMessage)
                 return self._converter.structure(data, self._result_types.pop(msg_id, None) or JsonRPCResponseMessage)
-            return self._converter.structure(data, self.get_message_type(method or "") or JsonRPCNotification)
+            message_type = self.get_message_type(method or "")
+            if message_type is None:
+                return self._converter.structure({"params": None, **data}, JsonRPCNotification)
+            return self._converter.structure(data, message_type)
         except Exception as e:  # noqa: BLE001 - the client sent something we cannot read
             detail = short_error(e)
             log.warning("malformed %s message: %s", method or "response", detail)
             return BadMessage(reply_id, method, types.ResponseError(
                 code=types.ErrorCodes.InvalidParams, message=f"invalid params for {method}: {detail}"), **kind)
+
+    def _handles(self, method: str) -> bool:
+        return method in self.fm.builtin_features or method in self.fm.features
 
     def handle_message(self, message: Any) -> None:
         if isinstance(message, BadMessage):
@@ -168,6 +189,57 @@ class KeystrokeProtocol(LanguageServerProtocol):
     @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
     def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> None:
         self._server.close_document(params.text_document.uri)
+
+
+def is_notification(method: Any) -> bool:
+    """Whether LSP defines `method` as a notification (a message without id)."""
+    message_type = types.METHOD_TO_TYPES.get(method, (None,))[0]
+    return message_type is not None and "id" not in attrs.fields_dict(message_type)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_position(v: Any) -> bool:
+    return isinstance(v, dict) and _is_int(v.get("line")) and _is_int(v.get("character"))
+
+
+_SYNC_FIELDS = {
+    types.TEXT_DOCUMENT_DID_OPEN: {"uri": str, "languageId": str, "version": int, "text": str},
+    types.TEXT_DOCUMENT_DID_CHANGE: {"uri": str, "version": int},
+    types.TEXT_DOCUMENT_DID_CLOSE: {"uri": str},
+}
+
+
+def sync_problem(method: Any, params: Any) -> str | None:
+    """What is wrong with the fields of a document-sync message that the
+    server reads later, or None. The converter would turn a number into a
+    string (`"5"`, `"None"`), a float or string into an int, or keep an int
+    languageId; such a message is refused whole (a didOpen opens nothing)."""
+    fields = _SYNC_FIELDS.get(method)
+    if fields is None:
+        return None
+    doc = params.get("textDocument") if isinstance(params, dict) else None
+    if not isinstance(doc, dict):
+        return "textDocument must be an object"
+    for name, kind in fields.items():
+        value = doc.get(name)
+        if not (_is_int(value) if kind is int else isinstance(value, kind)):
+            return f"textDocument.{name} must be {'an integer' if kind is int else 'a string'}, not {value!r:.40}"
+    if method != types.TEXT_DOCUMENT_DID_CHANGE:
+        return None
+    changes = params.get("contentChanges")
+    if not isinstance(changes, list):
+        return "contentChanges must be an array"
+    for change in changes:
+        if not isinstance(change, dict) or not isinstance(change.get("text"), str):
+            return "each content change needs a string text"
+        rng = change.get("range", None)
+        if "range" in change and not (isinstance(rng, dict) and _is_position(rng.get("start"))
+                                      and _is_position(rng.get("end"))):
+            return "a content change's range must hold integer lines and characters"
+    return None
 
 
 def short_error(e: BaseException) -> str:

@@ -338,3 +338,76 @@ def real_model() -> str:
     by name (assembled from its package on first use), never by a path."""
     from keystroke.engine import registry
     return str(registry.resolve(registry.DEFAULT_MODEL))
+
+
+# ---------------------------------------------------------------------------
+# The server in process: raw JSON-RPC dicts in, the frames it writes collected
+# ---------------------------------------------------------------------------
+
+class LocalServer:
+    """`create_server()` fed raw JSON-RPC messages through its protocol
+    (`structure_message`, then `handle_message`), as the transport does,
+    with what it writes collected. The loader fails: no model is loaded."""
+
+    def __init__(self) -> None:
+        from keystroke.server.lsp import create_server
+
+        def no_model(config: Any) -> Any:
+            raise RuntimeError("no model in process")
+        self.server = create_server(loader=no_model)
+        self.protocol = self.server.protocol
+        self._written = b""
+        self.protocol.set_writer(self)
+
+    def write(self, data: bytes) -> None:   # the protocol's writer
+        self._written += data
+
+    def send(self, message: dict) -> None:
+        self.protocol.handle_message(self.protocol.structure_message(json.loads(json.dumps(message))))
+
+    def messages(self) -> list[dict]:
+        out, buf = [], self._written
+        while b"\r\n\r\n" in buf:
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            out.append(json.loads(buf[:length]))
+            buf = buf[length:]
+        return out
+
+    def response(self, msg_id: Any) -> dict | None:
+        return next((m for m in self.messages() if m.get("id") == msg_id and "method" not in m), None)
+
+    async def call(self, method: str, params: Any, msg_id: Any, timeout: float = 10.0) -> dict:
+        message = {"jsonrpc": "2.0", "id": msg_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        self.send(message)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (answer := self.response(msg_id)) is None:
+            assert asyncio.get_running_loop().time() < deadline, f"no response to {msg_id!r}"
+            await asyncio.sleep(0.005)
+        return answer
+
+    async def initialize(self) -> dict:
+        return await self.call("initialize", {"processId": None, "rootUri": None, "capabilities": {}}, "init")
+
+    def open(self, uri: str, text: str, version: int = 1, language_id: str = "python") -> None:
+        self.send({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": uri, "languageId": language_id, "version": version, "text": text}}})
+
+    def change(self, uri: str, version: int, changes: list[dict]) -> None:
+        self.send({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
+            "textDocument": {"uri": uri, "version": version}, "contentChanges": changes}})
+
+    def text(self, uri: str) -> str | None:
+        snap = self.server.snapshot(uri)
+        return None if snap is None else snap.text
+
+
+@pytest_asyncio.fixture
+async def local_server() -> LocalServer:
+    """An initialized `LocalServer` (no `initialized`: the engine never loads)."""
+    local = LocalServer()
+    answer = await local.initialize()
+    assert "result" in answer, answer
+    return local

@@ -155,7 +155,8 @@ def test_spec_survives_a_round_trip_through_data():
     spec = spec_of(MODULE, at(MODULE, "    pass"), "implement")
     assert ActionSpec.from_data(spec.to_data()) == spec
     for bad in (None, [], {"kind": "implement"}, {**spec.to_data(), "kind": "explode"},
-                {**spec.to_data(), "start": "3"}, {**spec.to_data(), "indent": "x"}):
+                {**spec.to_data(), "start": "3"}, {**spec.to_data(), "indent": "x"},
+                {**spec.to_data(), "start": -5}, {**spec.to_data(), "start": spec.end + 1}):
         with pytest.raises(ValueError):
             ActionSpec.from_data(bad)
 

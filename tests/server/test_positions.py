@@ -5,14 +5,15 @@ from hypothesis import given, settings, strategies as st
 from lsprotocol import types
 from pygls.workspace.position_codec import PositionCodec
 
-from keystroke.server.positions import (clean_text, document_problem, line_start, offset_to_position,
+from keystroke.server.positions import (clean_text, document_problem, line_start, lsp_lines, offset_to_position,
                                         position_to_offset, word_start)
 
 CODEC = PositionCodec(types.PositionEncodingKind.Utf16)
+SEPARATORS = ["\u2028", "\u2029", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85"]   # str.splitlines's, not LSP's
 
 
 def lines_of(text: str) -> tuple[str, ...]:
-    return tuple(text.splitlines(True))
+    return lsp_lines(text)
 
 
 def pos(line: int, character: int) -> types.Position:
@@ -55,8 +56,28 @@ def test_crlf_line_ends_are_not_part_of_the_line():
     assert position_to_offset(lines, CODEC, pos(1, 1)) == text.index("d")
 
 
+def test_lsp_lines_end_at_lf_crlf_and_cr_only():
+    assert lsp_lines("a\nb\r\nc\rd") == ("a\n", "b\r\n", "c\r", "d")
+    assert lsp_lines("a\n") == ("a\n",) and lsp_lines("") == () and lsp_lines("\r\r\n") == ("\r", "\r\n")
+    for sep in SEPARATORS:
+        assert lsp_lines(f"a{sep}b\nc") == (f"a{sep}b\n", "c")
+
+
+def test_positions_after_a_unicode_separator_stay_on_its_line():
+    for sep in SEPARATORS:
+        text = f"a{sep}b\nc{sep}"
+        lines = lines_of(text)
+        assert position_to_offset(lines, CODEC, pos(0, 2)) == text.index("b")
+        assert offset_to_position(lines, CODEC, text.index("b")) == pos(0, 2)
+        assert position_to_offset(lines, CODEC, pos(0, 99)) == text.index("\n")      # the separator is content
+        assert position_to_offset(lines, CODEC, pos(1, 99)) == len(text)
+        assert offset_to_position(lines, CODEC, len(text)) == pos(1, 2)
+        assert position_to_offset(lines, CODEC, pos(2, 0)) is None
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(list("ab \n\r\t") + ["é", "😀", "\r\n"]), max_size=40).map("".join), st.data())
+@given(st.lists(st.sampled_from(list("ab \n\r\t") + ["é", "😀", "\r\n"] + SEPARATORS), max_size=40).map("".join),
+       st.data())
 def test_offsets_round_trip_through_client_positions(text, data):
     lines = lines_of(text)
     offset = data.draw(st.integers(0, len(text)))

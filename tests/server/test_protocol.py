@@ -53,3 +53,25 @@ def test_a_valid_request_is_structured(protocol):
     msg = protocol.structure_message(inline_request(0))
     assert isinstance(msg, types.InlineCompletionRequest)
     assert msg.params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+
+
+@pytest.mark.parametrize("method", ["textDocument/didSave", "initialized", "textDocument/didChange",
+                                    "workspace/didChangeConfiguration", "$/setTrace", "exit", "$/cancelRequest"])
+def test_a_notification_method_with_an_id_is_an_invalid_request(protocol, method):
+    msg = protocol.structure_message({"jsonrpc": "2.0", "id": 3, "method": method, "params": {}})
+    assert isinstance(msg, BadMessage) and msg.is_request and msg.id == 3
+    assert msg.error.code == types.ErrorCodes.InvalidRequest
+    assert msg.error.message == f"{method} is a notification; it takes no id"
+
+
+@pytest.mark.parametrize("method", ["unknown/method", "textDocument/hover"])
+def test_a_request_for_a_method_without_handler_needs_no_params(protocol, method):
+    msg = protocol.structure_message({"jsonrpc": "2.0", "id": 4, "method": method})
+    assert not isinstance(msg, BadMessage) and msg.id == 4 and msg.method == method
+
+
+def test_a_did_open_with_an_int_language_id_is_refused(protocol):
+    msg = protocol.structure_message({"jsonrpc": "2.0", "method": types.TEXT_DOCUMENT_DID_OPEN, "params": {
+        "textDocument": {"uri": "file:///a.py", "languageId": 5, "version": 1, "text": "x"}}})
+    assert isinstance(msg, BadMessage) and not msg.is_request
+    assert "textDocument.languageId must be a string" in msg.error.message
