@@ -188,10 +188,21 @@ class Scheduler:
         for ticket in list(self._latest.values()):
             ticket.cancel("cancelled")
 
-    def close(self) -> None:
+    def close(self, wait: float = 0.0) -> bool:
+        """Stop taking work; the worker ends after the jobs already queued
+        (cancelled ones are skipped, a running decode stops within one token).
+
+        With `wait`, join the worker for up to that many seconds: a process
+        must not exit while the worker is inside torch (its thread pool
+        aborts the interpreter at exit). Call it with a wait only once the
+        event loop is done. True when the worker has stopped."""
         self.cancel_all()
-        self._closed = True
-        self._jobs.put(None)
+        if not self._closed:
+            self._closed = True
+            self._jobs.put(None)
+        if wait > 0:
+            self._thread.join(wait)
+        return not self._thread.is_alive()
 
 
 def _swallow(fut: "asyncio.Future[Any]") -> None:

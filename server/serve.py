@@ -10,23 +10,31 @@ read from the KEYSTROKE_TOKEN environment variable or from `--token-file`
 (never from the command line, where other users could read it in the
 process list). The first message of a connection must be the `initialize`
 request with `initializationOptions.token` equal to the token (compared in
-constant time). Anything else gets a JSON-RPC error response and the
+constant time), at most AUTH_FRAME_BYTES long and sent within
+AUTH_TIMEOUT_S. Anything else gets a JSON-RPC error response and the
 connection is closed; the server keeps listening. One authenticated client
 at a time; when it disconnects or exits, the server stops, like stdio.
+
+Exit. The engine worker is stopped (its request cancelled, joined with a
+bounded wait) before the process ends: see `exit_now`.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import hmac
 import json
 import logging
 import logging.handlers
+import math
 import os
+import re
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from keystroke.engine.errors import KeystrokeError
 from keystroke.server.config import Config
@@ -36,6 +44,10 @@ log = logging.getLogger("keystroke.serve")
 TOKEN_ENV = "KEYSTROKE_TOKEN"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 AUTH_ERROR_CODE = -32001   # server-defined JSON-RPC error: unauthorized
+AUTH_TIMEOUT_S = 10.0      # a TCP connection must authenticate within this many seconds ...
+AUTH_TIMEOUT_ENV = "KEYSTROKE_AUTH_TIMEOUT"   # ... or within $KEYSTROKE_AUTH_TIMEOUT
+AUTH_FRAME_BYTES = 64 * 1024   # the largest first message (initialize) of a TCP connection
+WORKER_STOP_S = 5.0        # at exit, how long the engine worker may take to finish its job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,13 +87,17 @@ class _RedactingFilter(logging.Filter):
         except Exception:  # noqa: BLE001 - a bad format string must not lose the record
             message = f"{record.msg!r} {record.args!r}"
         from keystroke.server.secrets import redact_secrets
+        more = len(message) - self.LIMIT
+        # Cut before redacting (its time grows with the length), with a margin, so that a
+        # secret straddling the limit is still recognised, and so redacted.
+        message = message[: self.LIMIT + 1000]
         try:
             message = redact_secrets(message)
         except Exception:  # noqa: BLE001
             pass
         message = message.translate(_CONTROL_ESCAPES)
-        if len(message) > self.LIMIT:
-            message = message[: self.LIMIT] + f"... ({len(message) - self.LIMIT} more characters)"
+        if len(message) > self.LIMIT or more > 0:
+            message = message[: self.LIMIT] + f"... ({max(more, len(message) - self.LIMIT)} more characters)"
         record.msg, record.args = message, ()
         return True
 
@@ -151,53 +167,160 @@ def setup_logging(log_file: Path | None, level: str) -> Path | None:
 # Framing
 # ---------------------------------------------------------------------------
 
-async def read_frame(reader: asyncio.StreamReader, max_bytes: int = MAX_MESSAGE_BYTES) -> bytes | None:
-    """The body of the next message; None at end of input.
+# A Content-Length header line. It also marks where a broken frame ends: a
+# valid JSON body can never contain one, because "content-length" outside a
+# string is not JSON and a string closes with a quote before any raw newline.
+_HEADER = re.compile(rb"content-length[ \t]*:([^\"\r\n]*)\r?\n", re.IGNORECASE)
+_OPEN_HEADER = re.compile(rb"content-length[ \t]*:[^\"\r\n]*\Z", re.IGNORECASE)   # its line not yet ended
+_FIELD = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+[ \t]*:[^\r\n]*\r?\n"   # a header line (any name)
+_FIELDS = re.compile(b"(?:" + _FIELD + b")*")
+_BLOCK = re.compile(b"(?:" + _FIELD + rb")*\r?\n")          # header lines ended by a blank line
+_LINE_END = re.compile(rb"\r?\n")
+KEEP_BYTES = 64 * 1024   # of a broken frame's body, kept to answer it; also the longest header block
+_TAIL = 256              # bytes held back while skipping, in case a header is split between reads
 
-    Malformed headers are skipped (the stream resynchronises on the next
-    blank line); a body above `max_bytes` is read and discarded."""
-    while True:
-        length: int | None = None
-        saw_header = False
+
+@dataclass
+class Broken:
+    """What stood where a message should have been: a frame with a bad
+    header (its body as far as it could be told, at most KEEP_BYTES), or
+    bytes between messages. Answered if it parses as a request, else logged."""
+
+    body: bytes
+    why: str
+
+
+class FrameReader:
+    """Reads LSP base-protocol frames and never loses the stream.
+
+    `read()` returns the next body, a `Broken` item, or None at end of
+    input. After a bad header (no Content-Length, a value that is not a
+    plain number, one above `limit`) the body is skipped up to the next
+    Content-Length header, never buffered beyond KEEP_BYTES. A body that
+    turns out shorter than its Content-Length ends where the next header
+    starts, so the messages after it are not swallowed either."""
+
+    def __init__(self, reader: Any, limit: int = MAX_MESSAGE_BYTES) -> None:
+        self.reader = reader        # anything with `async read(n)`, b"" at end of input
+        self.limit = limit          # the largest body accepted; a caller may change it between reads
+        self.buf = bytearray()
+        self.eof = False
+        self._skip: tuple[float, bool] | None = None   # (bytes at most, keep them) to skip before the next header
+
+    async def _fill(self) -> bool:
+        if not self.eof:
+            chunk = await self.reader.read(1 << 16)
+            if chunk:
+                self.buf += chunk
+                return True
+            self.eof = True
+        return False
+
+    async def read(self) -> bytes | Broken | None:
         while True:
-            try:
-                line = await reader.readline()
-            except ValueError:   # a header line above the reader's limit
-                log.warning("overlong header line skipped")
-                saw_header = True
+            if self._skip is not None:
+                limit, keep = self._skip
+                kept = await self._skip_body(limit, keep)
+                self._skip = None
+                if kept.strip():
+                    return Broken(kept, "the body of a message with a bad header")
                 continue
-            if not line:
-                return None
-            if line.strip() == b"":
-                if length is not None:
-                    break
-                if saw_header:
-                    log.warning("message without a valid Content-Length skipped")
-                    saw_header = False
+            found = _HEADER.search(self.buf)
+            if found is None:
+                if len(self.buf) > KEEP_BYTES:
+                    kept = bytes(self.buf[:KEEP_BYTES])
+                    self._skip = (math.inf, False)
+                    return Broken(kept, "data without a Content-Length header")
+                if not await self._fill():
+                    rest, self.buf = bytes(self.buf), bytearray()
+                    return Broken(rest, "data without a Content-Length header at the end of input") \
+                        if rest.strip() else None
                 continue
-            saw_header = True
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                try:
-                    length = int(value.strip())
-                except ValueError:
-                    length = None
-                if length is not None and length < 0:
-                    length = None
-        if length > max_bytes:
-            log.warning("message of %d bytes above the limit of %d skipped", length, max_bytes)
-            remaining = length
-            try:
-                while remaining:
-                    chunk = await reader.readexactly(min(remaining, 1 << 20))
-                    remaining -= len(chunk)
-            except asyncio.IncompleteReadError:
+            if found.start() > 0:     # something before the header
+                junk = bytes(self.buf[:found.start()])
+                del self.buf[:found.start()]
+                fields = _FIELDS.match(junk).end()
+                if not junk[fields:].strip():    # blank lines, or header lines (the next message's own)
+                    if fields and _LINE_END.match(junk, fields):
+                        log.warning("a header block without Content-Length skipped")
+                    continue
+                block = _BLOCK.match(junk)       # a header block without Content-Length, then its body
+                return Broken(junk[block.end():] if block else junk,
+                              "a message without a valid Content-Length header")
+            value = await self._header_block()
+            if value is None:
                 return None
-            continue
-        try:
-            return await reader.readexactly(length)
-        except asyncio.IncompleteReadError:
-            return None
+            if not isinstance(value, int):
+                self._skip = (math.inf, True)
+                return Broken(b"", value)
+            if value > self.limit:
+                self._skip = (value, True)
+                return Broken(b"", f"a message of {value} bytes, above the limit of {self.limit}, refused")
+            return await self._body(value)
+
+    async def _header_block(self) -> int | str | None:
+        """Consume the header block at the start of the buffer: the body's
+        length, or why it has none (None at end of input)."""
+        pos, value = 0, b""
+        while True:
+            end = _LINE_END.search(self.buf, pos)
+            if end is None:
+                if len(self.buf) - pos > KEEP_BYTES:
+                    del self.buf[:pos]
+                    return "an overlong header line"
+                if not await self._fill():
+                    return None
+                continue
+            if end.start() == pos:            # the blank line
+                del self.buf[:end.end()]
+                break
+            header = _HEADER.match(self.buf, pos)
+            if header is not None and header.end() == end.end():
+                value = header.group(1)
+            elif _FIELDS.match(self.buf, pos).end() < end.end() or _HEADER.search(self.buf, pos + 1, end.end()):
+                del self.buf[:pos]            # not a header line (the next header may end it)
+                return "a header block not ended by a blank line"
+            pos = end.end()
+        digits = value.strip(b" \t")
+        if not digits.isdigit():
+            return f"an invalid Content-Length {bytes(digits[:40])!r}"
+        return int(digits) if len(digits) <= 100 else f"a Content-Length of {len(digits)} digits"
+
+    async def _body(self, n: int) -> bytes | Broken:
+        start = 0
+        while True:
+            header = _HEADER.search(self.buf, start, n + _TAIL)
+            if header is not None and header.start() < n:   # the next message began inside this one
+                body = bytes(self.buf[:header.start()])
+                del self.buf[:header.start()]
+                return Broken(body, f"a message shorter than its Content-Length of {n}")
+            if len(self.buf) >= n:
+                unfinished = _OPEN_HEADER.search(self.buf, max(0, n - _TAIL))
+                if unfinished is None or unfinished.start() >= n or self.eof:
+                    body = bytes(self.buf[:n])
+                    del self.buf[:n]
+                    return body
+            start = max(0, len(self.buf) - _TAIL)
+            if not await self._fill() and len(self.buf) < n:
+                return None
+
+    async def _skip_body(self, limit: float, keep: bool) -> bytes:
+        """Discard up to `limit` bytes, stopping at the next Content-Length
+        header; the first KEEP_BYTES of them, if `keep`."""
+        kept, skipped = bytearray(), 0
+        while True:
+            header = _HEADER.search(self.buf)
+            cut, done = (header.start(), True) if header else (max(0, len(self.buf) - _TAIL), False)
+            if skipped + cut >= limit:
+                cut, done = int(limit - skipped), True
+            if keep and len(kept) < KEEP_BYTES:
+                kept += self.buf[:min(cut, KEEP_BYTES - len(kept))]
+            del self.buf[:cut]
+            skipped += cut
+            if done:
+                return bytes(kept)
+            if not await self._fill():
+                return bytes(kept)
 
 
 def _error_response(msg_id: Any, code: int, message: str) -> dict:
@@ -236,26 +359,35 @@ def send_raw(server: Any, payload: dict) -> None:
     server.protocol._send_data(payload)
 
 
-async def message_loop(server: Any, reader: asyncio.StreamReader,
-                       first: Callable[[dict | None], bool] | None = None) -> None:
-    """Read and dispatch messages until end of input (or `exit`).
+def answer_broken(item: Broken) -> dict | None:
+    """The error response for a badly framed request whose body still
+    parses with an id; None (after a warning) for anything else."""
+    try:
+        data = json.loads(item.body) if item.body.strip() else None
+    except (ValueError, RecursionError):
+        data = None
+    msg_id = data.get("id") if isinstance(data, dict) and isinstance(data.get("method"), str) else None
+    if isinstance(msg_id, (int, str)) and not isinstance(msg_id, bool):
+        log.warning("%s: request %r answered with an error", item.why, str(msg_id)[:100])
+        return _error_response(msg_id, -32600, f"invalid request: {item.why}")
+    log.warning("%s; %s", item.why, f"{len(item.body)} bytes skipped" if item.body else "skipped")
+    return None
 
-    `first`, when given, sees the first decoded message (None if unreadable)
-    and returns False to refuse the connection (having answered already);
-    when it returns True the message is dispatched as usual."""
+
+async def message_loop(server: Any, frames: FrameReader) -> None:
+    """Read and dispatch messages until end of input (or `exit`)."""
     while True:
-        body = await read_frame(reader)
-        if body is None:
+        item = await frames.read()
+        if item is None:
             return
-        data, error = decode_body(body)
-        if first is not None:
-            if not first(data):
-                return
-            first = None
+        if isinstance(item, Broken):
+            data, error = None, answer_broken(item)
+        else:
+            data, error = decode_body(item)
         if error is not None:
             send_raw(server, error)
-            continue
-        dispatch(server, data)
+        elif data is not None:
+            dispatch(server, data)
         # Let handlers started by this message (and the writer) run.
         await asyncio.sleep(0)
 
@@ -284,31 +416,46 @@ class _StdoutWriter:
             pass
 
 
-def _pump_stdin(stream: Any, loop: asyncio.AbstractEventLoop, reader: asyncio.StreamReader) -> None:
-    """Feed stdin into an asyncio reader from a daemon thread (which never
-    blocks interpreter exit, unlike an executor thread)."""
-    fd = stream.fileno()
-    try:
-        while True:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                break
-            loop.call_soon_threadsafe(reader.feed_data, chunk)
-    except (OSError, RuntimeError):
-        pass
-    try:
-        loop.call_soon_threadsafe(reader.feed_eof)
-    except RuntimeError:
-        pass
+class _PipeReader:
+    """stdin as an async byte source, read by a daemon thread (which never
+    blocks interpreter exit, unlike an executor thread). At most a few
+    chunks wait for the event loop: the thread stops reading until they are
+    taken, so a client writing a huge body faster than it is skipped does
+    not fill memory. `read` returns b"" at end of input."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, stream: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+        self.eof = False
+        threading.Thread(target=self._pump, args=(stream.fileno(), loop), name="keystroke-stdin",
+                         daemon=True).start()
+
+    def _pump(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+        chunk = b"?"
+        while chunk:
+            try:
+                chunk = os.read(fd, self.CHUNK)
+            except OSError:
+                chunk = b""
+            try:
+                asyncio.run_coroutine_threadsafe(self.queue.put(chunk), loop).result()
+            except (RuntimeError, concurrent.futures.CancelledError):   # the loop is gone
+                return
+
+    async def read(self, n: int = -1) -> bytes:
+        if self.eof:
+            return b""
+        chunk = await self.queue.get()
+        self.eof = not chunk
+        return chunk
 
 
 async def serve_stdio(server: Any, stdin: Any, stdout: Any) -> None:
     loop = asyncio.get_running_loop()
     server.loop = loop
-    reader = asyncio.StreamReader(limit=1 << 16)
-    threading.Thread(target=_pump_stdin, args=(stdin, loop, reader), name="keystroke-stdin", daemon=True).start()
     server.protocol.set_writer(_StdoutWriter(stdout))
-    await message_loop(server, reader)
+    await message_loop(server, FrameReader(_PipeReader(stdin, loop)))
 
 
 # ---------------------------------------------------------------------------
@@ -361,18 +508,37 @@ def parse_hostport(value: str) -> tuple[str, int]:
     return host.strip("[]"), number
 
 
+def auth_timeout() -> float:
+    """AUTH_TIMEOUT_S, or $KEYSTROKE_AUTH_TIMEOUT when that is a positive number of seconds."""
+    try:
+        value = float(os.environ.get(AUTH_TIMEOUT_ENV, AUTH_TIMEOUT_S))
+    except ValueError:
+        value = AUTH_TIMEOUT_S
+    return value if 0 < value < math.inf else AUTH_TIMEOUT_S
+
+
 async def serve_tcp(server: Any, host: str, port: int, token: str,
-                    on_listening: Callable[[int], None] | None = None) -> int:
-    """Serve one authenticated client; its exit status (0 when it just disconnects)."""
+                    on_listening: Callable[[int], None] | None = None,
+                    timeout: float | None = None) -> int:
+    """Serve one authenticated client; its exit status (0 when it just disconnects).
+
+    A connection has `timeout` seconds (default `auth_timeout()`) to send
+    its initialize request, of at most AUTH_FRAME_BYTES; when the
+    authenticated client goes, the server stops at once, closing any other
+    connection (which waits for nothing)."""
+    timeout = auth_timeout() if timeout is None else timeout
     loop = asyncio.get_running_loop()
     server.loop = loop
     finished = asyncio.Event()
     busy = False
     exit_code = 0
+    writers: set[asyncio.StreamWriter] = set()
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal busy, exit_code
         peer = writer.get_extra_info("peername")
+        writers.add(writer)
+        authorized = False
 
         def refuse(msg_id: Any, why: str) -> None:
             log.warning("refused TCP client %s: %s", peer, why)
@@ -380,8 +546,8 @@ async def serve_tcp(server: Any, host: str, port: int, token: str,
                                               AUTH_ERROR_CODE, f"unauthorized: {why}")).encode()
             writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
-        def first(data: dict | None) -> bool:
-            nonlocal busy
+        def admit(data: dict | None) -> bool:
+            nonlocal busy, authorized
             if data is None:
                 refuse(None, "the first message is not a JSON object")
                 return False
@@ -392,23 +558,41 @@ async def serve_tcp(server: Any, host: str, port: int, token: str,
             if not ok:
                 refuse(data.get("id"), why)
                 return False
-            busy = True
+            busy = authorized = True
             server.protocol.set_writer(writer)
-            return True   # message_loop dispatches it
+            return True
 
+        frames = FrameReader(reader, limit=AUTH_FRAME_BYTES)
         try:
-            await message_loop(server, reader, first=first)
+            try:
+                item = await asyncio.wait_for(frames.read(), timeout)
+            except asyncio.TimeoutError:
+                refuse(None, f"not authenticated within {timeout:g} s")
+                return
+            if item is None:
+                return
+            if isinstance(item, Broken):
+                refuse(None, item.why)
+                return
+            data = decode_body(item)[0]
+            if not admit(data):
+                return
+            frames.limit = MAX_MESSAGE_BYTES
+            dispatch(server, data)
+            await message_loop(server, frames)
         except SystemExit as e:   # the `exit` notification: stop serving, keep its status
             exit_code = e.code if isinstance(e.code, int) else 0
         except (ConnectionError, OSError) as e:
             log.info("TCP client %s: %s", peer, e)
+        except asyncio.CancelledError:
+            pass   # the server is stopping (asyncio 3.11 logs a cancelled connection task as an error)
         finally:
-            authorized = busy and server.protocol.writer is writer
+            writers.discard(writer)
             try:
-                await writer.drain()
-                writer.close()
-            except (ConnectionError, OSError, RuntimeError):
+                await asyncio.wait_for(writer.drain(), 1)   # a client that reads nothing must not hold us
+            except (ConnectionError, OSError, RuntimeError, asyncio.TimeoutError):
                 pass
+            writer.close()
             if authorized:
                 finished.set()
 
@@ -417,8 +601,14 @@ async def serve_tcp(server: Any, host: str, port: int, token: str,
     log.info("listening on %s:%s", host, bound)
     if on_listening:
         on_listening(bound)
-    async with listener:
+    try:
         await finished.wait()
+    finally:
+        # Not `async with listener`: its wait_closed waits (Python 3.12+) for
+        # every connection, an idle unauthenticated one included.
+        listener.close()
+        for other in list(writers):
+            other.close()
     return exit_code
 
 
@@ -437,7 +627,8 @@ def build_server(args: argparse.Namespace) -> Any:
     return create_server(config, quant=getattr(args, "quant", "auto") or "auto")
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> NoReturn:
+    """Serve until the client leaves, then end the process (see `exit_now`)."""
     token = None
     hostport = None
     if args.tcp:
@@ -453,22 +644,43 @@ def main(args: argparse.Namespace) -> int:
     # Anything printed by accident must not corrupt the protocol on stdout.
     stdout = sys.stdout.buffer
     sys.stdout = sys.stderr
+    code = 0
     try:
         if hostport is not None:
             def announce(port: int) -> None:
                 print(f"keystroke: listening on {hostport[0]}:{port}", file=sys.stderr, flush=True)
             code = asyncio.run(serve_tcp(server, hostport[0], hostport[1], token, announce))
-            log.info("exit (status %d)", code)
-            return code
         else:
             asyncio.run(serve_stdio(server, sys.stdin.buffer, stdout))
+            log.info("input closed; stopping")
     except SystemExit as e:   # the `exit` notification
         code = e.code if isinstance(e.code, int) else 0
-        log.info("exit (status %d)", code)
-        return code
     except KeyboardInterrupt:
-        return 130
+        code = 130
     finally:
-        server.scheduler.close()
-    log.info("input closed; stopping")
-    return 0
+        # asyncio.run has cancelled every request: the running decode stops
+        # within one token, queued ones are skipped, a KV spill finishes.
+        stopped = server.scheduler.close(wait=WORKER_STOP_S)
+    if not stopped:
+        log.warning("the engine did not stop within %g s; exiting without it", WORKER_STOP_S)
+    log.info("exit (status %d)", code)
+    exit_now(code)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process without the interpreter's teardown.
+
+    Exiting while the engine worker is inside torch aborts the process
+    ("terminate called without an active exception", SIGABRT), and even
+    with it stopped, torch's teardown of its thread pools takes most of a
+    second that an editor restarting the server waits for. Nothing is
+    lost: output is flushed here, and the disk caches commit each write (a
+    KV spill abandoned half-way leaves an entry that is not indexed yet or
+    fails its checksum, never a wrong one)."""
+    logging.shutdown()
+    for stream in (sys.stderr, sys.__stdout__):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
