@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from .kvcache import KVCache
+from .disk import is_corruption, open_disk_cache, recover_disk_cache
 
 if TYPE_CHECKING:
     from ..model import ModelConfig
@@ -278,19 +279,19 @@ class KVStore:
 
     # ---------------------------------------------------------------- disk
 
-    def _open_disk(self, disk_dir: Path):
-        import diskcache
+    def _disk_settings(self) -> dict:
+        return {"size_limit": int(self.disk_budget), "eviction_policy": "least-recently-used", "cull_limit": 0}
 
-        try:
-            return diskcache.Cache(str(disk_dir), size_limit=int(self.disk_budget),
-                                   eviction_policy="least-recently-used", cull_limit=0)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("KV-cache directory %s cannot be used (%s); keeping caches in memory only",
-                        disk_dir, exc)
-            return None
+    def _open_disk(self, disk_dir: Path):
+        """diskcache in `disk_dir`; a corrupt database there is set aside and replaced by an empty one."""
+        return open_disk_cache(disk_dir, "KV-cache", log, **self._disk_settings())
 
     def _disk_error(self, what: str, exc: Exception) -> None:
+        """Count and log a failed disk operation; a corrupt database is replaced on the spot."""
         self._counters["disk_errors"] += 1
+        if is_corruption(exc) and self._disk is not None:
+            self._disk = recover_disk_cache(self._disk, "KV-cache", exc, log, **self._disk_settings())
+            return
         log.warning("KV-cache disk %s failed: %s", what, exc)
 
     def _doc_key(self, doc_id: str) -> str:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,8 +13,11 @@ import torch
 from ..errors import ModelError
 from ..model import ModelConfig
 from ..tokenizer import Tokenizer
+from .registry import check_model_path
 
 _EDGE = 1 << 20  # bytes read from each end of a weights file for its fingerprint
+# The files of a Hugging Face folder that loading reads (besides *.safetensors).
+_HF_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
 
 @dataclass
@@ -49,22 +54,31 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise ModelError(f"model path {path} does not exist",
                          "pass a .gguf file, a Hugging Face model folder or a model name "
                          "(run `keystroke models` to list them)")
+    check_model_path(path)  # a FIFO or a device would block the reads below forever
     if path.is_dir():
-        if not any(path.iterdir()):
+        try:
+            empty = not any(path.iterdir())
+        except OSError as exc:
+            raise ModelError(f"cannot list model folder {path}: {exc.strerror}",
+                             "check the folder's permissions") from None
+        if empty:
             raise ModelError(f"model folder {path} is empty",
                              "a model folder needs config.json, *.safetensors and tokenizer.json")
         ggufs = sorted(path.glob("*.gguf"))
         if not (path / "config.json").exists() and len(ggufs) == 1:
             path = ggufs[0]  # a folder holding just one GGUF file means that file
+            check_model_path(path)
         else:
             from .hf import load_hf_folder
 
+            for file in [path / name for name in _HF_FILES] + sorted(path.glob("*.safetensors")):
+                if file.exists():
+                    check_model_path(file)
             cfg, weights, tokenizer, info = load_hf_folder(path)
             files = sorted(path.glob("*.safetensors")) + [path / "config.json"]
             return _checkpoint(cfg, weights, tokenizer, fingerprint(files), info)
     if path.suffix.lower() != ".gguf":
-        with open(path, "rb") as f:
-            magic = f.read(4)
+        magic = _read_magic(path)
         if magic != b"GGUF":
             raise ModelError(f"{path} is neither a .gguf file nor a model folder",
                              "pass a .gguf file or a folder with config.json, *.safetensors "
@@ -73,6 +87,23 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
     cfg, weights, tokenizer, info = load_gguf(path)
     return _checkpoint(cfg, weights, tokenizer, fingerprint([path]), info)
+
+
+def _read_magic(path: Path) -> bytes:
+    """The first 4 bytes of a file, opened so that it cannot block (the path may have changed kind since
+    `check_model_path`: O_NONBLOCK makes opening a FIFO return at once, and fstat then refuses it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ModelError(f"cannot open model file {path}: {exc.strerror}",
+                         "check the path and its permissions") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ModelError(f"model path {path} is not a regular file",
+                             "pass a .gguf file, a Hugging Face model folder or a model name")
+        return os.read(fd, 4)
+    finally:
+        os.close(fd)
 
 
 def _checkpoint(cfg: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: Tokenizer,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,30 @@ def model_path(name: str) -> Path:
     return models_dir() / spec.filename
 
 
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISSOCK, "socket"),
+                  (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+
+
+def check_model_path(path: Path) -> None:
+    """Refuse an existing path that is neither a regular file nor a folder.
+
+    Opening a FIFO blocks until some writer comes, and a device such as
+    /dev/zero never ends: either would hold the engine worker forever. `stat`
+    never blocks, so the kind is checked before anything opens the path.
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ModelError(f"cannot read model path {path}: {exc.strerror}",
+                         "check the path and its permissions") from None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), "special file")
+    raise ModelError(f"model path {path} is a {kind}, not a model file or folder",
+                     "pass a .gguf file, a Hugging Face model folder or a model name "
+                     "(run `keystroke models` to list them)")
+
+
 def _unknown(name: str) -> ModelError:
     names = ", ".join(MODELS)
     return ModelError(f"unknown model {name!r} (and no such file)",
@@ -79,6 +104,7 @@ def resolve(name_or_path: str | Path) -> Path:
     if spec is not None:
         path = models_dir() / spec.filename
         if path.exists():
+            check_model_path(path)
             return path
         if spec.name == "gemma3-270m":
             return pull(spec.name)
@@ -86,6 +112,7 @@ def resolve(name_or_path: str | Path) -> Path:
                          f"run `keystroke models pull {spec.name}`")
     path = Path(name_or_path).expanduser()
     if path.exists():
+        check_model_path(path)
         return path
     text = str(name_or_path)
     if os.sep not in text and "/" not in text and not path.suffix:
