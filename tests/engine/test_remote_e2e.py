@@ -178,6 +178,10 @@ def test_block_mode_and_stop_strings(llama_server):
     assert "return" not in r.text
 
 
+# A prompt SmolLM2 continues for hundreds of tokens without an end token (greedy, on llama.cpp's server).
+ENDLESS = "SQUARES = {\n    1: 1,\n    2: 4,\n    3: 9,\n"
+
+
 def test_cancellation_closes_the_stream_and_stops_the_remote_generation(llama_server):
     backend = remote(llama_server.url, fim="none")
     free = StopPolicy(max_tokens=32, mode="free", stop_on_repetition=False)
@@ -186,7 +190,7 @@ def test_cancellation_closes_the_stream_and_stops_the_remote_generation(llama_se
     per_token_s = (time.monotonic() - t0) / max(1, r0.candidates[0].tokens)
     long = StopPolicy(max_tokens=1500, mode="free", stop_on_repetition=False)
     t0 = time.monotonic()
-    r = backend.complete(CompletionRequest(doc_id="c.py", prefix="# A long essay about Python.\n", stop=long,
+    r = backend.complete(CompletionRequest(doc_id="c.py", prefix=ENDLESS, stop=long,
                                            use_cache=False, is_cancelled=lambda: time.monotonic() - t0 > 0.5))
     cancelled_after = time.monotonic() - t0
     assert r.candidates and r.candidates[0].stop_reason == "cancelled"
