@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
 import sysconfig
 import time
 from pathlib import Path
+
 
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "argparse.py"
 METRICS = (("start_s", "start to first answer, s"), ("peak_rss_mb", "peak RSS, MB"),
@@ -58,32 +58,14 @@ def side_keystroke(model: str, n_prompt: int, n_decode: int, threads: int, start
 
 
 def side_llamacpp(model: str, n_prompt: int, n_decode: int, threads: int, started: float) -> dict:
-    import urllib.request
-
-    import xllamacpp
+    from llamacpp_server import post as post_to, start
 
     from keystroke.engine import registry
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    params = xllamacpp.CommonParams()
-    params.model.path = str(registry.resolve(model))
-    params.port, params.n_ctx, params.n_parallel = port, 4096, 1
-    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
-    server = xllamacpp.Server(params)  # noqa: F841 - it serves while referenced
-    base = f"http://127.0.0.1:{port}"
+    server, base = start(registry.resolve(model), threads=threads)  # noqa: F841 - it serves while referenced
 
     def post(path: str, body: dict) -> dict:
-        request = urllib.request.Request(base + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=600) as answer:
-            return json.load(answer)
+        return post_to(base, path, body)
 
-    for _ in range(1200):
-        try:
-            urllib.request.urlopen(base + "/health", timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
     ids = post("/tokenize", {"content": SOURCE.read_text()})["tokens"][:n_prompt]
     post("/completion", {"prompt": ids[:32], "n_predict": 1, "temperature": 0, "cache_prompt": False})
     start_s = time.time() - started

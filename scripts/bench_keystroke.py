@@ -153,34 +153,15 @@ def run_engine(trace, model: str, threads: int, use_cache: bool) -> dict:
 def run_llama_cpp(trace, model: str, threads: int) -> dict:
     """llama.cpp's own server (the xllamacpp wheel, in this process) asked over loopback with `cache_prompt`:
     the same prompt text (header and prefix, as the engine's left-to-right layout), stopping at a newline."""
-    import socket
-    import urllib.request
-
-    import xllamacpp
+    from llamacpp_server import post as post_to, start
 
     from keystroke.engine import registry
     from keystroke.server import pipeline
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    params = xllamacpp.CommonParams()
-    params.model.path = str(registry.resolve(model))
-    params.port, params.n_ctx, params.n_parallel = port, 4096, 1
-    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
-    server = xllamacpp.Server(params)  # noqa: F841 - it serves while referenced
-    base = f"http://127.0.0.1:{port}"
+    server, base = start(registry.resolve(model), threads=threads)  # noqa: F841 - it serves while referenced
 
     def post(path: str, body: dict) -> dict:
-        request = urllib.request.Request(base + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=600) as answer:
-            return json.load(answer)
+        return post_to(base, path, body)
 
-    for _ in range(1200):
-        try:
-            urllib.request.urlopen(base + "/health", timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
     count = _token_counter(lambda s: post("/tokenize", {"content": s})["tokens"])
     rows = []
     for text, cursor in trace:

@@ -12,9 +12,52 @@ process (or its threads' timing) with keystroke.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
+import socket
 import sys
 import threading
+import time
+import urllib.request
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(model: str, *, port: int | None = None, threads: int = 1, ctx: int = 4096,
+          alias: str | None = None) -> tuple[Any, str]:
+    """llama.cpp's server on `model` in this process, ready: (the server object, keep it referenced; its URL)."""
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(model)
+    params.port = port or free_port()
+    params.n_ctx = ctx
+    params.n_parallel = 1
+    params.cpuparams.n_threads = threads
+    params.cpuparams_batch.n_threads = threads
+    if alias:
+        params.model_alias = alias
+    server = xllamacpp.Server(params)   # serves from its own threads
+    base = f"http://127.0.0.1:{params.port}"
+    for _ in range(1200):
+        try:
+            urllib.request.urlopen(base + "/health", timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return server, base
+
+
+def post(base: str, path: str, body: dict) -> dict:
+    """One JSON request to the server, its JSON answer."""
+    request = urllib.request.Request(base + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as answer:
+        return json.load(answer)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,18 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alias", default=None, help="the model name /v1/models reports")
     args = ap.parse_args(argv)
 
-    import xllamacpp
-
-    params = xllamacpp.CommonParams()
-    params.model.path = args.model
-    params.port = args.port
-    params.n_ctx = args.ctx
-    params.n_parallel = 1
-    params.cpuparams.n_threads = args.threads
-    params.cpuparams_batch.n_threads = args.threads
-    if args.alias:
-        params.model_alias = args.alias
-    server = xllamacpp.Server(params)   # serves from its own threads
+    server, _ = start(args.model, port=args.port, threads=args.threads, ctx=args.ctx, alias=args.alias)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import assert_clean_log, initialize_raw, start_raw_server, wait_ready_raw
-from keystroke.server import serve
+from keystroke.server import framing
 
 
 def frame(payload: dict) -> bytes:
@@ -53,7 +53,7 @@ async def read_all(data: bytes, chunk: int, limit: int = 1 << 20) -> list:
     for i in range(0, len(data), chunk):
         reader.feed_data(data[i:i + chunk])
     reader.feed_eof()
-    frames, items = serve.FrameReader(reader, limit=limit), []
+    frames, items = framing.FrameReader(reader, limit=limit), []
     while (item := await asyncio.wait_for(frames.read(), 5)) is not None:
         items.append(item)
     return items
@@ -67,7 +67,7 @@ def test_frame_reader_resynchronises_after_a_bad_header(name, chunk):
     items = asyncio.run(read_all(bad + b"".join(good), chunk))
     bodies = [i for i in items if isinstance(i, bytes)]
     assert bodies[-5:] == [g.split(b"\r\n\r\n", 1)[1] for g in good]      # all five, intact, in order
-    answers = [a for a in map(serve.answer_broken, [i for i in items if isinstance(i, serve.Broken)]) if a]
+    answers = [a for a in map(framing.answer_broken, [i for i in items if isinstance(i, framing.Broken)]) if a]
     if answerable:
         assert [a["id"] for a in answers] == ["bad"] and answers[0]["error"]["code"] == -32600
 
@@ -86,10 +86,10 @@ def test_a_huge_body_is_skipped_without_being_buffered():
     chunk up to the next header, the reader's buffer stays small."""
     async def run() -> tuple[list, int]:
         reader = asyncio.StreamReader()
-        frames = serve.FrameReader(reader, limit=1 << 20)
+        frames = framing.FrameReader(reader, limit=1 << 20)
         reader.feed_data(b"Content-Length: 100000000000000000000\r\n\r\n")
         first = await asyncio.wait_for(frames.read(), 5)
-        assert isinstance(first, serve.Broken) and "above the limit" in first.why
+        assert isinstance(first, framing.Broken) and "above the limit" in first.why
         largest = 0
         pending = asyncio.ensure_future(frames.read())
         for _ in range(300):                     # 300 x 64 KiB of body
