@@ -146,16 +146,21 @@ def test_tcp_closes_a_connection_that_does_not_authenticate_in_time(tmp_path, mo
         assert 0.9 < time.monotonic() - t0 < 5
         disconnect(silent)
         disconnect(slow)
-        sock, client = connect(port)                          # the server still listens
-        assert "result" in client.call("initialize", initialize_params(tmp_path, TOKEN), 1, timeout=60)
-        time.sleep(1.5)                                       # an authenticated client has no deadline
-        assert not client.closed.is_set()
-        disconnect(sock)
-        assert proc.wait(10) == 0
+        serve_one_client_then_stop(proc, port, tmp_path, linger_s=1.5)   # an authenticated client has no deadline
     finally:
         if proc.poll() is None:
             proc.kill()
     assert_clean_log((tmp_path / "tcp.log").read_text())
+
+
+def serve_one_client_then_stop(proc, port: int, tmp_path, linger_s: float = 0.0) -> None:
+    """The server still listens: a client authenticates (and stays `linger_s`), leaves, and the server exits 0."""
+    sock, client = connect(port)
+    assert "result" in client.call("initialize", initialize_params(tmp_path, TOKEN), 1, timeout=60)
+    time.sleep(linger_s)
+    assert not client.closed.is_set()
+    disconnect(sock)
+    assert proc.wait(10) == 0
 
 
 def test_tcp_refuses_a_100_mb_first_frame_without_reading_it(tmp_path, model):
@@ -181,10 +186,7 @@ def test_tcp_refuses_a_100_mb_first_frame_without_reading_it(tmp_path, model):
         disconnect(sock)
         assert peak_rss_kb(proc.pid) - before < 16 * 1024, "the frame was buffered"
         assert answer["error"]["code"] == -32001 and "above the limit" in answer["error"]["message"]
-        sock, client = connect(port)                          # the next client is served
-        assert "result" in client.call("initialize", initialize_params(tmp_path, TOKEN), 1, timeout=60)
-        disconnect(sock)
-        assert proc.wait(10) == 0
+        serve_one_client_then_stop(proc, port, tmp_path)      # the next client is served
     finally:
         if proc.poll() is None:
             proc.kill()
