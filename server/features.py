@@ -201,7 +201,7 @@ async def action_workspace_edit(ls: KeystrokeServer, data: Any) -> types.Workspa
     return types.WorkspaceEdit(changes={snap.uri: [text_edit]})
 
 
-def status(ls: KeystrokeServer) -> dict:
+def status_answer(ls: KeystrokeServer) -> dict:
     """The answer of `keystroke.status`."""
     info, stats = ls.engine_info()
     return status_report(state=ls.engine_state, model=ls.config.model, enabled=ls.config.enabled,

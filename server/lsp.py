@@ -178,7 +178,7 @@ async def on_apply_action(ls: KeystrokeServer, *args: Any) -> bool:
 
 @guarded()
 async def on_status(ls: KeystrokeServer, *args: Any) -> dict:
-    return features.status(ls)
+    return features.status_answer(ls)
 
 
 @guarded(False)
