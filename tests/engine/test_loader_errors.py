@@ -148,6 +148,6 @@ def test_registry_names_a_model_not_pulled_yet(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match="keystroke models pull smollm2-135m"):
         registry.resolve("smollm2")
     listed = {m["name"]: m for m in registry.list_models()}
-    assert set(listed) == {"gemma3-270m", "smollm2-135m"}
+    assert set(listed) == {"gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"}
     assert not listed["smollm2-135m"]["available"]
     assert listed["smollm2-135m"]["path"].startswith(str(tmp_path / "keystroke" / "models"))
