@@ -47,14 +47,14 @@ def run_complete(args: argparse.Namespace) -> int:
     path, line, col = parse_target(args.target)
     text = read_source(path)
     offset = offset_of(text, line, col)
-    from keystroke.engine import Engine
+    from keystroke.engine import EngineSettings, make_backend
     from keystroke.server import pipeline
     from keystroke.server.config import Config
     from keystroke.server.context import DocumentView
     from keystroke.server.context.parse import language_of
 
     t0 = time.perf_counter()
-    engine = Engine.load(args.model, quant=args.quant, threads=args.threads, persist=False)
+    engine = make_backend(EngineSettings(model=args.model, quant=args.quant, threads=args.threads, persist=False))
     load_s = time.perf_counter() - t0
     source = path.resolve()
     doc = DocumentView(source.as_uri(), text, language_of("", source) or "", source)
@@ -72,7 +72,8 @@ def run_complete(args: argparse.Namespace) -> int:
         print("(no suggestion)")
     t = result.timings
     tps = t.decode_tokens / (t.decode_ms / 1000) if t.decode_ms > 0 else 0.0
-    print(f"[{engine.name} {engine.quant}, {plan.mode} mode] load {load_s:.1f}s | prefill {t.computed_tokens} tok "
+    info = engine.info()
+    print(f"[{info.get('model')} {info.get('quant')}, {plan.mode} mode] load {load_s:.1f}s | prefill {t.computed_tokens} tok "
           f"{t.prefill_ms:.0f} ms | decode {t.decode_tokens} tok {t.decode_ms:.0f} ms ({tps:.1f} tok/s) | "
           f"stop: {result.candidates[0].stop_reason if result.candidates else '-'}")
     return 0
