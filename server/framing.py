@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import math
 import re
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 log = logging.getLogger("keystroke.serve")
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+LOOP_BOUND_S = 0.1   # no message may hold the event loop longer (logged as a warning when one does)
 
 
 # A Content-Length header line. It also marks where a broken frame ends: a
@@ -234,6 +236,7 @@ async def message_loop(server: Any, frames: FrameReader) -> None:
         item = await frames.read()
         if item is None:
             return
+        started = time.thread_time()
         if isinstance(item, Broken):
             data, error = None, answer_broken(item)
         else:
@@ -244,3 +247,8 @@ async def message_loop(server: Any, frames: FrameReader) -> None:
             dispatch(server, data)
         # Let handlers started by this message (and the writer) run.
         await asyncio.sleep(0)
+        held = time.thread_time() - started   # CPU time of this thread: descheduling does not count
+        if held > LOOP_BOUND_S:
+            method = data.get("method") if isinstance(data, dict) else None
+            log.warning("a %s message held the event loop for %.0f ms (bound %.0f ms)",
+                        str(method)[:60] if method else "broken or response", held * 1000, LOOP_BOUND_S * 1000)

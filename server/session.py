@@ -8,6 +8,7 @@ Request logic lives in `features`, registration in `lsp`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 import uuid
@@ -235,6 +236,9 @@ class KeystrokeServer(LanguageServer):
         backend.watch(lambda state, message: loop.call_soon_threadsafe(
             self.notify_user, f"keystroke: {message}",
             types.MessageType.Warning if state == "down" else types.MessageType.Info))
+        # The model and its imports are millions of long-lived objects: keep them out of the cyclic
+        # GC's full collections, which otherwise pause the event loop for 100 ms and more.
+        gc.freeze()
         log.info("model %s loaded in %.1f s", config.model, time.perf_counter() - started)
         self._end_progress(token, f"{config.model} ready")
 
