@@ -6,6 +6,7 @@ catch-all error handling) is in `lsp`.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Callable
@@ -116,8 +117,11 @@ def _client_resolves_edits(ls: KeystrokeServer) -> bool:
     return "edit" in props
 
 
-def code_actions(ls: KeystrokeServer, params: types.CodeActionParams) -> list[types.CodeAction] | None:
-    """The actions a range offers; no model runs here (see `action_workspace_edit`)."""
+async def code_actions(ls: KeystrokeServer, params: types.CodeActionParams) -> list[types.CodeAction] | None:
+    """The actions a range offers; no model runs here (see `action_workspace_edit`).
+
+    Finding them parses the document (a 1 MB file, or a 150 KB def header, takes
+    longer than the event loop may be held): that runs in a thread, on the snapshot."""
     snap = ls.snapshot(params.text_document.uri)
     why = ls.gate(snap)
     if why not in (None, "loading"):   # actions may be listed while the model loads
@@ -125,7 +129,8 @@ def code_actions(ls: KeystrokeServer, params: types.CodeActionParams) -> list[ty
     start, end = snap.offset(params.range.start), snap.offset(params.range.end)
     if start is None or end is None:
         return None
-    specs = actions.find_actions(snap.text, snap.language_id, min(start, end), max(start, end))
+    specs = await asyncio.to_thread(actions.find_actions, snap.text, snap.language_id, min(start, end),
+                                    max(start, end))
     resolves = _client_resolves_edits(ls)
     out = []
     for spec in specs:
@@ -165,7 +170,7 @@ async def action_workspace_edit(ls: KeystrokeServer, data: Any) -> types.Workspa
     snap = ls.snapshot(data["uri"])
     if ls.gate(snap) is not None:
         return None
-    spec = current_spec(snap, data)
+    spec = await asyncio.to_thread(current_spec, snap, data)
     if spec is None:
         ls.notify_user("keystroke: the document changed; ask for the code action again")
         return None

@@ -145,8 +145,8 @@ async def on_completion(ls: KeystrokeServer, params: types.CompletionParams):
 
 
 @guarded()
-def on_code_action(ls: KeystrokeServer, params: types.CodeActionParams):
-    return features.code_actions(ls, params)
+async def on_code_action(ls: KeystrokeServer, params: types.CodeActionParams):
+    return await features.code_actions(ls, params)
 
 
 async def on_code_action_resolve(ls: KeystrokeServer, params: types.CodeAction) -> types.CodeAction:

@@ -473,3 +473,24 @@ async def test_real_model_cancel_stops_a_running_decode(start_server, real_model
         assert waited < 1.0
     # the worker is free again: a new request is answered
     await s.inline(uri, 4, 4)
+
+
+async def test_finding_code_actions_on_a_huge_file_does_not_hold_the_loop(start_server, model, tmp_path):
+    """find_actions parses the document: on a 150 KB def header it takes about a second, in a thread."""
+    s = await start_server(model)
+    uri = (tmp_path / "wide.py").as_uri()
+    header = "def wide(" + ", ".join(f"a{i}=({i}, [{i}])" for i in range(12_000)) + "):\n"
+    text = header + "    pass\n"
+    s.open(uri, text)
+    started = time.perf_counter()
+    listing = asyncio.ensure_future(s.client.text_document_code_action_async(types.CodeActionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri),
+        range=types.Range(start=types.Position(1, 4), end=types.Position(1, 4)),
+        context=types.CodeActionContext(diagnostics=[]))))
+    await asyncio.sleep(0.05)
+    status = await s.status()
+    status_s = time.perf_counter() - started
+    found = await listing
+    assert status["state"] == "ready" and status_s < 0.5, f"status waited {status_s:.2f}s behind the code action"
+    assert found and any(a.title.lower().startswith("implement") for a in found)
+    assert "held the event loop" not in s.log_text()
