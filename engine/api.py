@@ -19,6 +19,7 @@ StopReason = Literal[
     "line",         # single-line mode: the line ended
     "block",        # block mode: brackets balanced and indentation returned
     "repetition",   # a repeated line or n-gram loop was cut
+    "suffix",       # the model began to re-type the code after the cursor
     "cancelled",    # the request's cancellation check said so
     "cached",       # served from the response cache
     "error",        # the backend failed; see CompletionResult.error
@@ -50,6 +51,14 @@ class StopPolicy:
     language_id: str = ""
 
 
+@dataclass(frozen=True)
+class ContextFile:
+    """Code from one file of the workspace (or an excerpt of it), for a model's repository format."""
+
+    path: str
+    text: str
+
+
 @dataclass
 class CompletionRequest:
     """One completion for one cursor in one document.
@@ -57,12 +66,18 @@ class CompletionRequest:
     `header` is the stable context (it changes rarely, so it goes first and
     its KV-cache survives typing); `prefix` is the document text before the
     cursor and `suffix` the text after it.
+
+    `files` and `path` are the same context as files: a backend whose model
+    was trained on a repository format (Qwen2.5-Coder's `<|file_sep|>`
+    blocks) uses them instead of `header`; others ignore them.
     """
 
     doc_id: str
     prefix: str
     suffix: str = ""
     header: str = ""
+    files: tuple[ContextFile, ...] = ()
+    path: str = ""              # the document's name in the workspace
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: StopPolicy = field(default_factory=StopPolicy)
     n: int = 1

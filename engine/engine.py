@@ -28,7 +28,7 @@ from .quantize import pick_quant, quantize_model
 
 log = logging.getLogger("keystroke.engine")
 
-PROMPT_FORMAT_VERSION = 1
+PROMPT_FORMAT_VERSION = 2  # 2: the cursor's line after <|fim_middle|>, repository format
 PREFILL_CHUNK = 256
 # When a prompt is longer than the limit its start is cut, in steps of this
 # many tokens, so that the cut point (and with it the cache) moves rarely.
@@ -131,7 +131,8 @@ class Engine:
 
     def _complete(self, req: CompletionRequest, started: float) -> CompletionResult:
         timings = Timings()
-        prompt = fim.build_prompt(self.tokenizer, self.template, req.header, req.prefix, req.suffix)
+        prompt = fim.build_prompt(self.tokenizer, self.template, req.header, req.prefix, req.suffix,
+                                  files=[(f.path, f.text) for f in req.files], path=req.path)
         ids = self._fit(list(prompt.ids), prompt.protected)
         plan = healing.heal(self.tokenizer, ids, prompt.protected)
         ids = list(plan.ids)
@@ -174,7 +175,7 @@ class Engine:
             line = req.prefix.rsplit("\n", 1)[-1]
             outs = generate(self.model, cache, logits, self.tokenizer, sampling=req.sampling, stop=req.stop,
                             n=max(1, req.n), is_cancelled=req.is_cancelled, heal=plan,
-                            line_before_cursor=line, deadline=deadline, prompt_ids=ids)
+                            line_before_cursor=line, deadline=deadline, prompt_ids=ids, suffix=req.suffix)
             timings.decode_ms = (time.perf_counter() - t1) * 1000
             timings.decode_tokens = sum(len(o.ids) for o in outs)
         finally:

@@ -106,7 +106,7 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
              sampling: SamplingParams, stop: StopPolicy, n: int = 1,
              is_cancelled: Callable[[], bool] = lambda: False, heal: HealPlan | None = None,
              line_before_cursor: str = "", deadline: float | None = None,
-             prompt_ids: Sequence[int] = ()) -> list[Generated]:
+             prompt_ids: Sequence[int] = (), suffix: str = "") -> list[Generated]:
     """Decode up to `stop.max_tokens` tokens per candidate after a prefilled prompt.
 
     `cache` (batch 1) holds the prompt and `last_logits` (1, V) are its last
@@ -115,7 +115,8 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
     `time.monotonic()` instant; without it `stop.deadline_ms` counts from
     this call. `prompt_ids` (optional; its last 64 ids) join the generated
     ids for the repetition penalty, and its last id gives the text stream
-    its context. Returns the candidates with distinct texts, in order.
+    its context. `suffix` (the text after the cursor) lets the stop rules see
+    the model re-type it. Returns the candidates with distinct texts, in order.
     """
     if n < 1:
         raise ValueError("n must be at least 1")
@@ -124,7 +125,7 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
     if heal is not None and not heal.active:
         heal = None
     context = list(heal.ids if heal is not None else prompt_ids)
-    rows = [_Row(TextStream(tokenizer, context), StopChecker(stop, line_before_cursor), [])
+    rows = [_Row(TextStream(tokenizer, context), StopChecker(stop, line_before_cursor, suffix), [])
             for _ in range(n)]
     work = cache if n == 1 else cache.expanded(n)
     logits = last_logits.reshape(1, -1).expand(n, -1) if last_logits.shape[0] != n else last_logits

@@ -37,6 +37,12 @@ Decisions, so the server can rely on them:
   line start or after whitespace), `//` and `/* */` comments, '...',
   "..." and `...` strings (one line long) and triple-quoted strings. It
   reads the cursor's line first so a cursor inside a string is known.
+- **Suffix**: a finished line that is one of the suffix's next three
+  non-blank lines holding a letter or digit (compared without surrounding
+  whitespace) means the model has begun to re-type the code after the
+  cursor (a FIM model that wrote the middle goes on with the next
+  function, sometimes from its second line): the text is cut at the end of
+  the last non-blank line before it.
 - **Repetition** (when the policy asks for it): a non-empty line repeated
   three times in a row keeps only the first copy; a tail that repeats a
   unit of 2 to 64 characters holding a letter or digit, at least 4 times
@@ -66,9 +72,10 @@ class Stop:
 
 
 class StopChecker:
-    def __init__(self, policy: StopPolicy, line_before_cursor: str = "") -> None:
+    def __init__(self, policy: StopPolicy, line_before_cursor: str = "", suffix: str = "") -> None:
         self.policy = policy
         self.line_before_cursor = line_before_cursor
+        self._suffix_lines = next_code_lines(suffix)
         self._lexicon = code_lexicon(policy.language_id)
         self._reset()
 
@@ -137,6 +144,8 @@ class StopChecker:
         mode = self.policy.mode
         if ch == "\n":
             line = self._line
+            if line.strip() in self._suffix_lines:
+                return Stop("suffix", self._last_content_end if self._line_start > 0 else 0)
             if mode == "line":
                 return Stop("line", offset)
             if line.strip():
@@ -199,3 +208,17 @@ class StopChecker:
             if text.endswith(piece * reps):
                 return Stop("repetition", n - (reps - 1) * unit)
         return None
+
+
+SUFFIX_LINES = 3
+
+
+def next_code_lines(suffix: str) -> frozenset[str]:
+    """The first SUFFIX_LINES lines after the cursor's line in `suffix` that hold a letter or digit, stripped."""
+    found: list[str] = []
+    for line in suffix.split("\n")[1:]:
+        if any(c.isalnum() for c in line):
+            found.append(line.strip())
+            if len(found) == SUFFIX_LINES:
+                break
+    return frozenset(found)

@@ -34,9 +34,6 @@ from tokenizers.models import BPE
 from .errors import ModelError
 from .paths import cache_root
 
-# Tokens that end a completion when the model emits them, besides the file's EOS.
-STOP_TOKENS = ("<|endoftext|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|eot_id|>", "<|EOT|>",
-               "<|end_of_text|>", "<eos>", "</s>", "<｜end▁of▁sentence｜>", "<|file_separator|>")
 
 # llama.cpp's pre-tokenizer regexes per `tokenizer.ggml.pre` (applied in order, each one
 # splitting the pieces left by the one before).
@@ -75,8 +72,10 @@ class Tokenizer:
         self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
         self.bos_id = bos_id
         self.add_bos = add_bos and bos_id is not None
+        # Every control token ends a completion, besides the file's EOS: none of them is code
+        # (`<|endoftext|>`, `<|fim_pad|>`, `<|file_sep|>`, `<|im_end|>`, `<end_of_turn>`, a new BOS...).
         stops = {i for i in eos_ids if i is not None}
-        stops.update(i for name, i in self.special_tokens().items() if name in STOP_TOKENS)
+        stops.update(self.special_tokens().values())
         self.eos_ids: frozenset[int] = frozenset(stops)
         self._token_strings: list[str] | None = None
 

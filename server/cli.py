@@ -32,11 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     from keystroke.server import serve as serve_mod
     serve_mod.add_arguments(serve)
 
+    from keystroke.server.config import Config
     comp = sub.add_parser("complete", help="complete a file at LINE:COL (1-based) and print the result")
     comp.add_argument("target", help="FILE:LINE:COL, 1-based line and column (column in characters)")
     add_engine_options(comp)
     comp.add_argument("-n", type=int, default=1, help="number of candidates")
-    comp.add_argument("--max-tokens", type=int, default=48)
+    comp.add_argument("--max-tokens", type=int, default=Config.max_tokens,
+                      help=f"longest completion, in tokens (default: the server's, {Config.max_tokens})")
     comp.add_argument("--temperature", type=float, default=0.0)
     comp.add_argument("--seed", type=int, default=None)
     comp.add_argument("--mode", choices=["auto", "line", "block", "free"], default="auto",

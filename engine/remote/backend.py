@@ -260,7 +260,7 @@ class RemoteBackend:
                 for index, piece, finish in pieces(event):
                     row = rows.get(index)
                     if row is None:
-                        row = rows[index] = StreamRow(StopChecker(req.stop, line), held)
+                        row = rows[index] = StreamRow(StopChecker(req.stop, line, req.suffix), held)
                     if piece and first is None and row.reason is None:
                         first = time.perf_counter()
                     row.add(piece, finish, sent_stops, req.stop.max_tokens)

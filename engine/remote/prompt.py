@@ -27,7 +27,8 @@ def render_prompt(template: fim.FimTemplate | None, header: str, prefix: str, su
     server's post-processing, as locally). BOS is left to the server.
     """
     layout = fim.build_prompt(_PartsOnly(), template, header, prefix, suffix)  # type: ignore[arg-type]
-    text = {"header": header, "prefix": prefix, "suffix": suffix, "bos": ""}
+    cut = prefix.rfind("\n") + 1 if template is not None and template.order == "psm" else 0
+    text = {"header": header, "lines": prefix[:cut], "prefix": prefix[cut:], "suffix": suffix, "bos": ""}
     if template is not None:
         text.update(fim_prefix=template.prefix, fim_suffix=template.suffix, fim_middle=template.middle)
     return "".join(text[name] for name, _ in layout.parts)
@@ -41,11 +42,10 @@ def hold_back_space(template: fim.FimTemplate | None, prefix: str) -> tuple[str,
     indentation, or after `= `) ends on a token the model rarely saw there.
     The local engine heals the last token; a remote tokenizer is out of
     reach, so the whitespace run is left out of the prompt and expected at
-    the start of the completion instead (see `unheal`). Only where the prefix
-    ends the prompt (plain and SPM; not PSM or /infill), as locally.
+    the start of the completion instead (see `unheal`). Every layout of
+    `render_prompt` ends at the cursor (/infill, which the server lays out,
+    does not use this).
     """
-    if template is not None and template.order == "psm":
-        return prefix, ""
     body = prefix.rstrip(" \t")
     return body, prefix[len(body):]
 

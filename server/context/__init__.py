@@ -15,13 +15,14 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from keystroke.engine.api import approx_tokens
+from keystroke.engine.api import ContextFile, approx_tokens
 from keystroke.engine.languages import language_of_path
 
 from ..secrets import find_secrets, is_env_file, redact_secrets, redact_spans
-from .budget import comment_out, fit_header, render_header, text_tokens, trim_prefix, trim_suffix
+from .budget import comment_out, fit_header, render_header, render_key as _render_key, text_tokens, trim_prefix, \
+    trim_suffix
 from .parse import language_of
 from .sources import display_name, imports_source, signatures_source, siblings_source, similar_source, stable_view
 from .usages import cursor_targets, usages_source
@@ -80,8 +81,9 @@ def build_context(doc: DocumentView, offset: int, others: list[DocumentView], *,
     stable, line = stable_view(doc, offset)
     key = (stable.text, line, doc.uri, doc.language_id, doc.path, tuple((o.uri, o.text) for o in others),
            visible.start, visible.stop, config, count_tokens, workspace_root)
-    header, provenance = _memoized(key, lambda: _header(doc, stable, line, others, config, header_budget - note_budget,
-                                                        count_tokens, workspace_root, visible, lang))
+    (header, files), provenance = _memoized(key, lambda: _header(doc, stable, line, others, config,
+                                                                 header_budget - note_budget, count_tokens,
+                                                                 workspace_root, visible, lang))
     note = _usages_note(doc, offset, stable, others, prefix, config, note_budget, count_tokens, workspace_root,
                         lang, visible, provenance) if note_budget else ""
     provenance.append({"source": "prefix", "tokens": text_tokens(prefix, count_tokens), "items": prefix.count("\n") + 1,
@@ -89,11 +91,12 @@ def build_context(doc: DocumentView, offset: int, others: list[DocumentView], *,
     provenance.append({"source": "suffix", "tokens": text_tokens(suffix, count_tokens) if suffix else 0,
                        "items": suffix.count("\n"), "origins": [display_name(doc, workspace_root)]})
     cut = prefix.rfind("\n") + 1
-    return PromptParts(header, prefix[:cut] + note + prefix[cut:], suffix, provenance, note)
+    return PromptParts(header, prefix[:cut] + note + prefix[cut:], suffix, provenance, note, files,
+                       display_name(doc, workspace_root))
 
 
-def _memoized(key: tuple, compute: Callable[[], tuple[str, list[dict]]]) -> tuple[str, list[dict]]:
-    """`compute()`'s (text, provenance), reused for the same key during MEMO_SECONDS (the keystrokes of one line)."""
+def _memoized(key: tuple, compute: Callable[[], tuple[Any, list[dict]]]) -> tuple[Any, list[dict]]:
+    """`compute()`'s (value, provenance), reused for the same key during MEMO_SECONDS (the keystrokes of one line)."""
     now = time.monotonic()
     hit = _memo.get(key)
     if hit is None or now - hit[0] >= MEMO_SECONDS:
@@ -142,8 +145,8 @@ def _usages_note(doc: DocumentView, offset: int, stable: DocumentView, others: l
 
 def _header(doc: DocumentView, stable: DocumentView, line: int, others: list[DocumentView],
             config: ContextConfig, budget: int, count_tokens: Callable[[str], int], workspace_root: Path | None,
-            visible: range, lang: str) -> tuple[str, list[dict]]:
-    """The header from every enabled source, redacted and fitted, with its provenance."""
+            visible: range, lang: str) -> tuple[tuple[str, tuple[ContextFile, ...]], list[dict]]:
+    """The header from every enabled source, redacted and fitted, as comments and as files; its provenance."""
     calls: dict[str, Callable[[], list[Snippet]]] = {
         "imports": lambda: imports_source(stable, line, visible),
         "signatures": lambda: signatures_source(stable, line, others, config=config,
@@ -175,7 +178,21 @@ def _header(doc: DocumentView, stable: DocumentView, line: int, others: list[Doc
             })
     provenance.append({"source": "header", "tokens": count_tokens(header) if header else 0,
                        "items": len(chosen), "origins": []})
-    return header, provenance
+    return (header, context_files(chosen, display_name(doc, workspace_root), redact_secrets)), provenance
+
+
+def context_files(chosen: list[Snippet], this_path: str, post: Callable[[str], str]) -> tuple[ContextFile, ...]:
+    """The header's snippets as files for a repository-format prompt: one per origin, in the header's order.
+
+    The snippets are the ones `fit_header` chose for the comment header, so
+    both forms hold the same context in about the same tokens. Snippets of
+    the document itself ("this file": its imports and definitions out of
+    view) form a block under the document's own path, before the rest.
+    """
+    by_origin: dict[str, list[str]] = {}
+    for s in sorted(chosen, key=lambda s: (s.origin != "this file",) + _render_key(s)):
+        by_origin.setdefault(this_path if s.origin == "this file" else s.origin, []).append(s.text)
+    return tuple(ContextFile(path, post("\n".join(texts))) for path, texts in by_origin.items())
 
 
 def _dedupe(snippets: list[Snippet]) -> list[Snippet]:

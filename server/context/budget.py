@@ -33,10 +33,14 @@ def comment_out(text: str, language: str) -> str:
     return "".join(out)
 
 
+def render_key(s: Snippet) -> tuple:
+    """Where a snippet goes in the header: sections in a fixed order, then its stable order."""
+    return (SECTION_ORDER.index(s.source) if s.source in SECTION_ORDER else 99, s.order)
+
+
 def render_header(snippets: list[Snippet], language: str, path_line: str | None = None) -> str:
     """The header text: sections in a fixed order, snippets in their stable order, one heading per group."""
-    ordered = sorted(snippets, key=lambda s: (SECTION_ORDER.index(s.source) if s.source in SECTION_ORDER else 99,
-                                              s.order))
+    ordered = sorted(snippets, key=render_key)
     parts: list[str] = []
     last_title = None
     for s in ordered:

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from keystroke.engine.api import ContextFile
+
 
 @dataclass(frozen=True)
 class DocumentView:
@@ -74,6 +76,8 @@ class PromptParts:
     suffix: str
     provenance: list[dict] = field(default_factory=list)
     note: str = ""
+    files: tuple[ContextFile, ...] = ()   # the header's context as files (a repository-format prompt)
+    path: str = ""                        # the document's name in the workspace
 
     def document_prefix(self) -> str:
         """`prefix` without the note: text of the document that ends at the cursor."""

@@ -60,13 +60,16 @@ def test_spm_order_puts_the_prefix_last():
     assert prompt.protected == len(prompt.ids) - len(p)
 
 
-def test_psm_order_and_nothing_to_heal():
+def test_psm_puts_the_cursor_line_in_the_middle():
     tok = make_tokenizer(FAMILIES["qwen"])
     pre, suf, mid = (tok.token_id(t) for t in FAMILIES["qwen"])
-    h, p, s = parts(tok, "# ctx\n", "def f(", "):\n")
-    prompt = build_prompt(tok, detect_template(tok), "# ctx\n", "def f(", "):\n")
-    assert prompt.ids == [tok.bos_id, pre] + h + p + [suf] + s + [mid]
-    assert prompt.protected == len(prompt.ids)  # the cursor is not at the end of the sequence
+    h, lines, s = parts(tok, "# ctx\n", "import os\n", "):\n")
+    line = tok.encode("def f(")
+    prompt = build_prompt(tok, detect_template(tok), "# ctx\n", "import os\ndef f(", "):\n")
+    assert prompt.ids == [tok.bos_id, pre] + h + lines + [suf] + s + [mid] + line
+    assert prompt.protected == len(prompt.ids) - len(line)  # the typed line ends the prompt: it can be healed
+    at_line_start = build_prompt(tok, detect_template(tok), "", "import os\n", "x\n")
+    assert at_line_start.ids[-1] == mid and at_line_start.protected == len(at_line_start.ids)
 
 
 def test_plain_order_is_header_then_prefix_and_ignores_the_suffix():
@@ -78,7 +81,7 @@ def test_plain_order_is_header_then_prefix_and_ignores_the_suffix():
     assert build_prompt(make_tokenizer(add_bos=False), None, "a", "b", "").ids[0] != tok.bos_id
 
 
-@pytest.mark.parametrize("family", [None, "starcoder"])
+@pytest.mark.parametrize("family", [None, "starcoder", "qwen", "deepseek"])
 def test_typing_at_the_cursor_only_appends(family):
     tok = make_tokenizer(FAMILIES[family] if family else ())
     template = detect_template(tok)
@@ -88,12 +91,42 @@ def test_typing_at_the_cursor_only_appends(family):
     assert after.ids[:len(before.ids)] == before.ids
 
 
-def test_psm_typing_moves_the_suffix():
+def test_psm_keeps_the_suffix_until_the_cursor_leaves_the_line():
     tok = make_tokenizer(FAMILIES["qwen"])
     template = detect_template(tok)
-    before = build_prompt(tok, template, "", "def f(a", "):\n")
-    after = build_prompt(tok, template, "", "def f(a, b", "):\n")
-    assert after.ids[:len(before.ids)] != before.ids
+    text = "import os\ndef f(a):\n    pass\n"
+    before = build_prompt(tok, template, "", text[:16], text[16:])      # in `def f(a`
+    typed = build_prompt(tok, template, "", text[:16] + ", b", text[16:])
+    assert typed.ids[:len(before.ids)] == before.ids                    # the suffix's ids are reused
+    newline = build_prompt(tok, template, "", text[:16] + "):\n", text[16:])
+    assert newline.part("suffix") == before.part("suffix")
+    assert newline.ids[:len(before.ids)] != before.ids                  # a new line: lines and middle move
+
+
+QWEN_REPO = FAMILIES["qwen"] + ("<|file_sep|>",)
+
+
+def test_repository_format_replaces_the_comment_header():
+    tok = make_tokenizer(QWEN_REPO)
+    template = detect_template(tok)
+    sep = tok.token_id("<|file_sep|>")
+    assert template.file_sep_id == sep
+    prompt = build_prompt(tok, template, "# a comment header\n", "x = ", "\n",
+                          files=[("util.py", "def add(a, b): ..."), ("io.py", "import os")], path="main.py")
+    assert prompt.ids[:prompt.ids.index(template.prefix_id)] == (
+        [tok.bos_id, sep] + tok.encode("util.py\ndef add(a, b): ...\n")
+        + [sep] + tok.encode("io.py\nimport os\n") + [sep] + tok.encode("main.py\n"))
+    assert prompt.part("header") == []
+    without = build_prompt(make_tokenizer(FAMILIES["qwen"]), detect_template(make_tokenizer(FAMILIES["qwen"])),
+                           "# h\n", "x = ", "\n", files=[("util.py", "y")], path="main.py")
+    assert without.part("header") == make_tokenizer().encode("# h\n")  # no <|file_sep|>: the comment header
+
+
+def test_file_separator_text_in_context_stays_text():
+    tok = make_tokenizer(QWEN_REPO)
+    template = detect_template(tok)
+    prompt = build_prompt(tok, template, "", "x", "", files=[("a.py", "s = '<|file_sep|>'")], path="b.py")
+    assert prompt.ids.count(template.file_sep_id) == 2                   # one per file, none from the text
 
 
 def test_parts_are_tokenized_separately_so_the_header_is_stable():

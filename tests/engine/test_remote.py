@@ -200,14 +200,14 @@ def test_rendered_prompt_is_the_local_layout_as_text(name):
     elif template.order == "spm":
         assert expected.endswith(header + prefix)       # typing only appends
     else:
-        assert expected.endswith(suffix + template.middle)
+        assert expected.endswith(suffix + template.middle + "    return ")  # the cursor's line in the middle
 
 
 def test_trailing_whitespace_is_held_back_and_expected_first():
     qwen, starcoder = text_template("qwen"), text_template("starcoder")
     assert hold_back_space(None, "def f():\n    ") == ("def f():\n", "    ")
     assert hold_back_space(starcoder, "x = ") == ("x =", " ")           # SPM: the prefix ends the prompt
-    assert hold_back_space(qwen, "x = ") == ("x = ", "")                # PSM: the cursor is not at the end
+    assert hold_back_space(qwen, "x = ") == ("x =", " ")                # PSM too: the typed line ends the prompt
     assert hold_back_space(None, "x") == ("x", "")
     assert unheal("      return x", "    ") == "  return x"             # the model indents further
     assert unheal("  ", "    ") is None                                  # undecided yet
@@ -602,7 +602,8 @@ def test_explicit_template_renders_fim_prompt(serve):
     server = serve(stream_texts(["b"]))
     backend_for(server.url, fim="qwen").complete(
         CompletionRequest(doc_id="a.py", prefix="a = ", suffix="\nprint(a)", header="# h\n"))
-    assert server.posts()[0]["prompt"] == "<|fim_prefix|># h\na = <|fim_suffix|>\nprint(a)<|fim_middle|>"
+    # the typed line goes after <|fim_middle|>, its trailing space held back (see hold_back_space)
+    assert server.posts()[0]["prompt"] == "<|fim_prefix|># h\n<|fim_suffix|>\nprint(a)<|fim_middle|>a ="
 
 
 def test_auto_template_from_the_servers_tokenizer_and_model_list(serve):

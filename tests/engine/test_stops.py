@@ -6,9 +6,9 @@ from keystroke.engine.api import StopPolicy
 from keystroke.engine.stops import StopChecker, indent_width
 
 
-def run(text, chunk=1, line="", **policy):
+def run(text, chunk=1, line="", suffix="", **policy):
     """Feed `text` in chunks of `chunk` characters; return (reason, kept text) or None."""
-    checker = StopChecker(StopPolicy(**policy), line)
+    checker = StopChecker(StopPolicy(**policy), line, suffix)
     for end in list(range(chunk, len(text), chunk)) + [len(text)]:
         hit = checker.check(text[:end])
         if hit is not None:
@@ -160,3 +160,29 @@ def test_block_stops_do_not_depend_on_how_the_text_is_split(pieces, language_id,
     whole = run(text, chunk=len(text) + 1, line=line, mode="block", stop_on_repetition=False, language_id=language_id)
     assert run(text, chunk=chunk, line=line, mode="block", stop_on_repetition=False,
                language_id=language_id) == whole
+
+
+SAMPLE_SUFFIX = "\n\n\ndef fibonacci(n: int) -> list[int]:\n    \"\"\"The first n Fibonacci numbers.\"\"\"\n"
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_retyping_the_suffix_stops_before_it(chunk):
+    body = "    if n < 2:\n        return False\n    return all(n % d for d in range(2, n))\n\n\n"
+    text = body + "def fibonacci(n: int) -> list[int]:\n    \"\"\"The first"
+    got = run(text, chunk=chunk, line="    ", suffix=SAMPLE_SUFFIX, mode="free")
+    assert got == ("suffix", body.rstrip("\n"))
+
+
+def test_retyping_the_suffix_from_its_second_line_stops_too():
+    text = '    """The first n Fibonacci numbers."""\n    result = [0, 1]\n'
+    assert run(text, line="    ", suffix=SAMPLE_SUFFIX, mode="free") == ("suffix", "")
+
+
+def test_a_line_unlike_the_suffix_goes_on():
+    text = "    return n > 1\n\ndef fibonacci_fast(n):\n"
+    assert run(text, line="    ", suffix=SAMPLE_SUFFIX, mode="free") is None
+    assert run("x = 1\n", line="", suffix="\n\n   \n", mode="free") is None   # a blank suffix matches nothing
+
+
+def test_the_first_line_retyping_the_suffix_leaves_nothing():
+    assert run("return x\nmore", line="    ", suffix="\n    return x\n", mode="free") == ("suffix", "")

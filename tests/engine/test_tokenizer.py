@@ -74,7 +74,12 @@ def smollm():
     return load("smollm2-135m")
 
 
-@pytest.fixture(params=["gemma", "smollm"])
+@pytest.fixture(scope="module")
+def qwen():
+    return load(registry.DEFAULT_MODEL)   # Qwen2.5-Coder 0.5B: assembled from its installed parts
+
+
+@pytest.fixture(params=["gemma", "smollm", "qwen"])
 def model(request):
     return request.getfixturevalue(request.param)
 
@@ -118,6 +123,12 @@ def test_bos_and_stop_tokens(model):
     if name == "gemma3-270m":
         assert ours.add_bos and ours.bos_id == ours.token_id("<bos>")
         assert {ours.token_id("<eos>"), ours.token_id("<end_of_turn>")} <= ours.eos_ids
+    elif name.startswith("qwen"):
+        assert not ours.add_bos
+        # every end the model may write in a FIM completion stops it
+        ends = ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|im_end|>", "<|repo_name|>", "<|fim_prefix|>")
+        assert {ours.token_id(t) for t in ends} <= ours.eos_ids
+        assert ours.encode("return x")[0] not in ours.eos_ids
     else:
         assert not ours.add_bos
         assert {ours.token_id("<|im_end|>"), ours.token_id("<|endoftext|>")} <= ours.eos_ids
