@@ -1,6 +1,6 @@
 """Replay typing in real files and time each completion, as an editor would ask for them.
 
-    python scripts/bench_keystroke.py [--model gemma3-270m] [--chars 120] [--edits 60]
+    python scripts/bench_keystroke.py [--model qwen2.5-coder-0.5b] [--chars 120] [--edits 60]
 
 Two traces over code no one here wrote:
 
@@ -58,14 +58,20 @@ MAX_TOKENS = 16
 
 
 # ----------------------------------------------------------------- traces
-def typing_trace(chars: int) -> list[tuple[str, int]]:
-    """(text, cursor) after each typed character of a stdlib function."""
+def rest_of_line(text: str, at: int) -> str:
+    end = text.find("\n", at)
+    return text[at:] if end < 0 else text[at:end]
+
+
+def typing_trace(chars: int) -> list[tuple[str, int, str]]:
+    """(text, cursor, what the user goes on to type on the line) after each typed character of a stdlib function."""
     src = TYPING_FILE.read_text()
     start = src.index(TYPING_FUNCTION)
     end = src.index("\n\n\n", start)
-    body = src[start:end][:chars]
+    whole = src[start:end]
+    body = whole[:chars]
     base = src[:start] + src[end:]
-    return [(base[:start] + body[:i] + base[start:], start + i) for i in range(1, len(body) + 1)]
+    return [(base[:start] + body[:i] + base[start:], start + i, rest_of_line(whole, i)) for i in range(1, len(body) + 1)]
 
 
 def _six_source(version: str, workdir: Path) -> str:
@@ -80,8 +86,8 @@ def _six_source(version: str, workdir: Path) -> str:
         return z.read("six.py").decode()
 
 
-def edit_trace(max_requests: int, workdir: Path) -> list[tuple[str, int]]:
-    """(text, cursor) while replaying six 1.15.0 -> 1.16.0, hunk by hunk, typing the new lines."""
+def edit_trace(max_requests: int, workdir: Path) -> list[tuple[str, int, str]]:
+    """(text, cursor, the rest of the line being typed) while replaying six 1.15.0 -> 1.16.0, hunk by hunk, typing the new lines."""
     old, new = (_six_source(v, workdir) for v in EDIT_VERSIONS)
     a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
     lines = list(a)
@@ -97,7 +103,7 @@ def edit_trace(max_requests: int, workdir: Path) -> list[tuple[str, int]]:
         tail = "".join(lines[at:])
         for k in range(1, len(typed) + 1):
             if k % 4 == 0 or k == len(typed):
-                steps.append((head + typed[:k] + tail, len(head) + k))
+                steps.append((head + typed[:k] + tail, len(head) + k, rest_of_line(typed, k)))
         lines[at:at] = b[j1:j2]
         shift += (j2 - j1) - (i2 - i1)
         if len(steps) >= max_requests:
@@ -133,7 +139,7 @@ def run_engine(trace, model: str, threads: int, use_cache: bool) -> dict:
     engine = Engine.load(model, threads=threads, persist=False)
     typed = pipeline.TypedThrough()
     rows = []
-    for text, cursor in trace:
+    for text, cursor, _ in trace:
         t = time.perf_counter()
         if use_cache:
             done = pipeline.complete(engine, document(text), cursor, [], settings(), mode="line", typed=typed)
@@ -152,22 +158,34 @@ def run_engine(trace, model: str, threads: int, use_cache: bool) -> dict:
 
 def run_llama_cpp(trace, model: str, threads: int) -> dict:
     """llama.cpp's own server (the xllamacpp wheel, in this process) asked over loopback with `cache_prompt`:
-    the same prompt text (header and prefix, as the engine's left-to-right layout), stopping at a newline."""
+    the very token ids of keystroke's prompt (same template, same text; fim.build_prompt with the model's
+    own tokenizer, read from the GGUF), stopping at a newline."""
     from llamacpp_server import post as post_to, start
 
-    from keystroke.engine import registry
+    from keystroke.engine import fim, registry
+    from keystroke.engine.loading.gguf import GGUFFile
+    from keystroke.engine.tokenizer import Tokenizer
     from keystroke.server import pipeline
-    server, base = start(registry.resolve(model), threads=threads)  # noqa: F841 - it serves while referenced
+    path = registry.resolve(model)
+    gguf = GGUFFile(path)
+    try:
+        tokenizer = Tokenizer.from_gguf_metadata({k: v for k, v in gguf.metadata.items() if k.startswith("tokenizer.")})
+    finally:
+        gguf.close()
+    template = fim.detect_template(tokenizer)
+    server, base = start(path, threads=threads)  # noqa: F841 - it serves while referenced
 
     def post(path: str, body: dict) -> dict:
         return post_to(base, path, body)
 
-    count = _token_counter(lambda s: post("/tokenize", {"content": s})["tokens"])
+    count = _token_counter(tokenizer.encode)
     rows = []
-    for text, cursor in trace:
-        request = pipeline.plan(document(text), cursor, [], settings(), count_tokens=count, mode="line").request
+    for text, cursor, _ in trace:
+        r = pipeline.plan(document(text), cursor, [], settings(), count_tokens=count, mode="line").request
+        ids = fim.build_prompt(tokenizer, template, r.header, r.prefix, r.suffix,
+                               files=[(f.path, f.text) for f in r.files], path=r.path).ids
         t = time.perf_counter()
-        out = post("/completion", {"prompt": request.header + request.prefix, "n_predict": MAX_TOKENS,
+        out = post("/completion", {"prompt": ids, "n_predict": MAX_TOKENS,
                                    "temperature": 0, "top_k": 1, "stop": ["\n"], "cache_prompt": True})
         ms = (time.perf_counter() - t) * 1000
         timings = out.get("timings", {})
@@ -202,7 +220,7 @@ def run_lsp(trace, model: str, threads: int) -> dict:
         await client.initialize_async(t.InitializeParams(
             capabilities=t.ClientCapabilities(), initialization_options=opts))
         client.initialized(t.InitializedParams())
-        text0, _ = trace[0]
+        text0 = trace[0][0]
         client.text_document_did_open(t.DidOpenTextDocumentParams(
             t.TextDocumentItem(uri=uri, language_id="python", version=0, text=text0)))
         ctx = t.InlineCompletionContext(trigger_kind=t.InlineCompletionTriggerKind.Automatic)
@@ -214,7 +232,7 @@ def run_lsp(trace, model: str, threads: int) -> dict:
                 break
             await asyncio.sleep(0.2)
         rows = []
-        for version, (text, cursor) in enumerate(trace, start=1):
+        for version, (text, cursor, _) in enumerate(trace, start=1):
             client.text_document_did_change(t.DidChangeTextDocumentParams(
                 text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=version),
                 content_changes=[t.TextDocumentContentChangeWholeDocument(text=text)]))
@@ -252,8 +270,15 @@ def summarize(name: str, result: dict) -> dict:
     p95 = ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))]
     counted = rows[0]["computed"] is not None
     model_runs = [r["ms"] for r in rows if not r["typed_through"]] or [0.0]
+    model_computed = [r["computed"] for r in rows if not r["typed_through"]] if counted else []
+    # A suggestion "completes the line" when it is exactly what the user goes on to type on it (lsp rows
+    # answer with the whole line's replacement, so they are not judged).
+    judged = [r for r in rows if r["rest"].strip()] if name != "lsp" else []
     return {"config": name, "requests": len(rows), "p50_ms": statistics.median(ms), "p95_ms": p95,
             "p50_model_ms": statistics.median(model_runs),
+            "computed_model_median": statistics.median(model_computed) if model_computed else None,
+            "completes_line": (sum(r["text"].rstrip() == r["rest"].rstrip() for r in judged) / len(judged))
+            if judged else None,
             "computed_median": statistics.median(r["computed"] for r in rows) if counted else None,
             "computed_mean": statistics.fmean(r["computed"] for r in rows) if counted else None,
             "reused_mean": statistics.fmean(r["reused"] for r in rows) if counted else None,
@@ -274,13 +299,15 @@ def child(args) -> int:
         res = run_llama_cpp(trace, args.model, args.threads)
     else:
         res = run_lsp(trace, args.model, args.threads)
+    for row, (_, _, rest) in zip(res["rows"], trace):
+        row["rest"] = rest
     Path(args.out).write_text(json.dumps(res))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="gemma3-270m")
+    ap.add_argument("--model", default=None, help="registered name or GGUF (default: the default model)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--chars", type=int, default=120, help="characters typed in the typing trace")
     ap.add_argument("--edits", type=int, default=60, help="requests in the edit trace")
@@ -294,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.model is None:
+        from keystroke.engine import DEFAULT_MODEL
+        args.model = DEFAULT_MODEL
     if args.child:
         return child(args)
 
@@ -333,11 +363,15 @@ def print_table(trace: str, summaries: list[dict]) -> None:
     base, ref = by.get("no-cache"), by.get("llama.cpp")
     print(f"\n### {trace} trace\n")
     print("| config | requests | p50 ms | p95 ms | p50 ms of model runs | tokens computed (median / mean) | "
-          "reused (mean) | typed-through | peak RSS MB | p50 vs no-cache | p50 vs llama.cpp |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "tokens computed, model runs (median) | reused (mean) | typed-through | completes the line | "
+          "peak RSS MB | p50 vs no-cache | p50 vs llama.cpp | p95 vs llama.cpp |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in summaries:
         vs_base = f"{s['p50_ms'] / base['p50_ms']:.2f}x" if base else "-"
         vs_ref = f"{s['p50_ms'] / ref['p50_ms']:.2f}x" if ref else "-"
+        vs_ref95 = f"{s['p95_ms'] / ref['p95_ms']:.2f}x" if ref else "-"
+        model_tokens = f"{s['computed_model_median']:.0f}" if s["computed_model_median"] is not None else "-"
+        line = f"{s['completes_line'] * 100:.0f}%" if s["completes_line"] is not None else "-"
         rss = f"{s['rss_mb']:.0f}" if s["rss_mb"] else "-"
         if s["computed_median"] is None:
             tokens, reused, through = "-", "-", "-"
@@ -345,8 +379,8 @@ def print_table(trace: str, summaries: list[dict]) -> None:
             tokens = f"{s['computed_median']:.0f} / {s['computed_mean']:.1f}"
             reused, through = f"{s['reused_mean']:.0f}", str(s["typed_through"])
         print(f"| {s['config']} | {s['requests']} | {s['p50_ms']:.0f} | {s['p95_ms']:.0f} | "
-              f"{s['p50_model_ms']:.0f} | {tokens} | "
-              f"{reused} | {through} | {rss} | {vs_base} | {vs_ref} |")
+              f"{s['p50_model_ms']:.0f} | {tokens} | {model_tokens} | "
+              f"{reused} | {through} | {line} | {rss} | {vs_base} | {vs_ref} | {vs_ref95} |")
     print()
 
 

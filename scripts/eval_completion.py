@@ -499,7 +499,7 @@ def _signed(d: dict) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", type=int, default=60, help="tasks per kind (default 60)")
-    ap.add_argument("--model", default="gemma3-270m", help="registered name, .gguf file or HF folder")
+    ap.add_argument("--model", default=None, help="registered name, .gguf file or HF folder (default: the default model)")
     ap.add_argument("--quant", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -513,6 +513,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--cache", type=Path, default=evalkit.ARTIFACTS / "corpus", help="where wheels are kept")
     ap.add_argument("--fresh", action="store_true", help="ignore earlier results in --out instead of resuming")
     args = ap.parse_args(argv)
+    if args.model is None:
+        from keystroke.engine import DEFAULT_MODEL
+        args.model = DEFAULT_MODEL
     args.configs = tuple(s.strip() for s in args.sources.split(",") if s.strip())
     args.kind_list = tuple(s.strip() for s in args.kinds.split(",") if s.strip())
     bad = [c for c in args.configs if c not in CONFIGS] + [k for k in args.kind_list if k not in KINDS]

@@ -8,15 +8,21 @@
   a fresh Python subprocess with a timeout (never in this process).
 - single / multi: HumanEval infilling (Bavarian et al. 2022, MIT), from
   ../shared/data/human-eval-infilling. The editor's document is prefix +
-  an empty line + suffix with the cursor on the empty line. Neither shipped
-  model has fill-in-the-middle tokens, so the engine generates left to right
-  from the prefix and the suffix only trims the result in `postprocess`
-  (lines that repeat the document's following lines are cut). Single-line
-  tasks use the server's mode choice; multi-line tasks ask for a block (on
-  a blank line among statements the server would choose one line).
-  Exact match compares lines with trailing whitespace dropped.
+  an empty line + suffix with the cursor on the empty line. A model with
+  fill-in-the-middle tokens (the default, Qwen2.5-Coder) sees the suffix in
+  its template; one without (Gemma 3, SmolLM2) generates left to right and
+  the suffix only trims the result in `postprocess`. Single-line tasks use
+  the server's mode choice; multi-line tasks ask for a block (on a blank
+  line among statements the server would choose one line). Exact match
+  compares lines with trailing whitespace dropped.
 
-    python3 scripts/eval_humaneval.py --kind passk --model gemma3-270m
+`--engines keystroke,llamacpp-infill` runs the same tasks through keystroke
+and then through today's llama.cpp server's own `/infill` on the same GGUF
+(see `evalkit.load_engine`), one after the other, and prints both rows and
+their ratio.
+
+    python3 scripts/eval_humaneval.py --kind passk
+    python3 scripts/eval_humaneval.py --kind single --limit 500 --engines keystroke,llamacpp-infill
     python3 scripts/eval_humaneval.py --kind single --limit 200 --model smollm2-135m
 """
 from __future__ import annotations
@@ -104,7 +110,9 @@ def complete(engine, kind: str, problem: dict) -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kind", default="passk", choices=("passk", "single", "multi"))
-    ap.add_argument("--model", default="gemma3-270m", help="registered name, .gguf file or HF folder")
+    ap.add_argument("--model", default=None, help="registered name, .gguf file or HF folder (default: the default model)")
+    ap.add_argument("--engines", default="keystroke",
+                    help=f"comma-separated, run one after the other on the same tasks: {', '.join(evalkit.ENGINES)}")
     ap.add_argument("--quant", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--limit", type=int, default=None, help="evaluate this many problems, drawn with --seed")
@@ -115,22 +123,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         ap.error("--limit must be at least 1")
+    args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if not args.engines or any(e not in evalkit.ENGINES for e in args.engines):
+        ap.error(f"--engines takes a comma-separated list of {', '.join(evalkit.ENGINES)}")
+    if args.model is None:
+        from keystroke.engine import DEFAULT_MODEL
+        args.model = DEFAULT_MODEL
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     problems = choose(load_problems(args.kind, args.data), args.limit, args.seed)
+    rows, summaries = [], []
+    for engine_name in args.engines:
+        row, summary = evaluate(args, problems, engine_name)
+        rows.append(row)
+        summaries.append(summary)
+    header = ["engine", "model", "quant", "kind", "n", "pass@1 %" if args.kind == "passk" else "exact match %",
+              "95% bootstrap"] + ([] if args.kind == "passk" else ["edit sim. %"])
+    table = evalkit.markdown_table(header, rows)
+    for other in summaries[1:]:
+        base = summaries[0]
+        ratio = base["mean"] / other["mean"] if other["mean"] else float("inf")
+        table += f"\n{base['engine']} / {other['engine']}: {ratio:.2f}x"
+    print(table)
+    return 0
+
+
+def evaluate(args: argparse.Namespace, problems: list[dict], engine_name: str) -> tuple[list[str], dict]:
+    """Run (or resume) every problem through one engine; its table row and summary."""
     model_tag = re.sub(r"[^\w.-]+", "_", Path(args.model).name)
     version = evalkit.code_version()  # read once: the engine that this process imports
-    name = f"humaneval-{args.kind}-{model_tag}-seed{args.seed}-n{len(problems)}-{version}.jsonl"
-    out = args.out or evalkit.ARTIFACTS / name
+    tag = "" if engine_name == "keystroke" else f"-{engine_name}"
+    name = f"humaneval-{args.kind}-{model_tag}{tag}-seed{args.seed}-n{len(problems)}-{version}.jsonl"
+    out = args.out.with_name(args.out.stem + tag + args.out.suffix) if args.out else evalkit.ARTIFACTS / name
     if args.fresh and out.exists():
         out.unlink()
     done = {r["task"]: r for r in evalkit.read_jsonl(out)}
-    print(f"{len(problems)} {args.kind} problems; results in {out} ({len(done)} already there)", file=sys.stderr)
+    print(f"{engine_name}: {len(problems)} {args.kind} problems; results in {out} ({len(done)} already there)",
+          file=sys.stderr)
 
-    engine = evalkit.load_engine(args.model, args.quant, args.threads)
+    engine = evalkit.load_engine(args.model, args.quant, args.threads, engine_name)
     records, t0 = [], time.perf_counter()
     for i, problem in enumerate(problems, 1):
         rec = done.get(problem["task_id"])
@@ -140,27 +174,24 @@ def main(argv: list[str] | None = None) -> int:
             engine.close_document(f"file:///humaneval/{problem['task_id'].replace('/', '_')}.py")
         records.append(rec)
         score = rec["passed"] if args.kind == "passk" else rec["em"]
-        print(f"[{i}/{len(problems)} {time.perf_counter() - t0:.0f}s] {rec['task']} {score:.0f}", file=sys.stderr)
+        print(f"[{engine_name} {i}/{len(problems)} {time.perf_counter() - t0:.0f}s] {rec['task']} {score:.0f}",
+              file=sys.stderr)
 
     metric = "passed" if args.kind == "passk" else "em"
-    name = "pass@1" if args.kind == "passk" else "exact match"
     vals = [r[metric] for r in records]
     lo, hi = evalkit.bootstrap_ci(vals, seed=args.seed)
-    row = [args.model, engine.info().get("quant"), args.kind, len(vals), f"{evalkit.mean(vals) * 100:.1f}",
-           f"[{lo * 100:.1f}, {hi * 100:.1f}]"]
-    header = ["model", "quant", "kind", "n", f"{name} %", "95% bootstrap"]
+    row = [engine_name, args.model, engine.info().get("quant") or "-", args.kind, len(vals),
+           f"{evalkit.mean(vals) * 100:.1f}", f"[{lo * 100:.1f}, {hi * 100:.1f}]"]
     if args.kind != "passk":
-        es = [r["es"] for r in records]
-        header.append("edit sim. %")
-        row.append(f"{evalkit.mean(es) * 100:.1f}")
-    table = evalkit.markdown_table(header, [row])
-    summary = {"model": args.model, "code_version": version, "kind": args.kind, "n": len(vals), "seed": args.seed,
-               "limit": args.limit,
-               "metric": name, "mean": evalkit.mean(vals), "lo": lo, "hi": hi,
-               "max_tokens": MAX_TOKENS[args.kind], "wall_s": round(time.perf_counter() - t0, 1), "table": table}
+        row.append(f"{evalkit.mean([r['es'] for r in records]) * 100:.1f}")
+    summary = {"engine": engine_name, "model": args.model, "code_version": version, "kind": args.kind,
+               "n": len(vals), "seed": args.seed, "limit": args.limit,
+               "metric": "pass@1" if args.kind == "passk" else "exact match", "mean": evalkit.mean(vals),
+               "lo": lo, "hi": hi, "max_tokens": MAX_TOKENS[args.kind],
+               "wall_s": round(time.perf_counter() - t0, 1), "row": row}
     evalkit.write_json(out.with_suffix(".summary.json"), summary)
-    print(table)
-    return 0
+    del engine
+    return row, summary
 
 
 if __name__ == "__main__":

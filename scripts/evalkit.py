@@ -137,10 +137,30 @@ def code_version() -> str:
     return (head or "nogit") + (f"+{hashlib.sha1(edits.encode()).hexdigest()[:8]}" if edits else "")
 
 
-def load_engine(model: str, quant: str = "auto", threads: int | None = None):
-    """The local engine for `model` (a registered name, .gguf file or Hugging Face folder), no disk cache."""
-    from keystroke.engine import Engine
-    return Engine.load(model, quant=quant, threads=threads, persist=False)
+ENGINES = ("keystroke", "llamacpp-infill")
+
+
+def load_engine(model: str, quant: str = "auto", threads: int | None = None, engine: str = "keystroke"):
+    """A backend for `model` (a registered name, .gguf file or Hugging Face folder), no disk cache.
+
+    "keystroke" is the local engine. "llamacpp-infill" is the reference: today's
+    llama.cpp server (the prebuilt xllamacpp wheel) on the same GGUF, asked
+    through its own `/infill` (llama.cpp lays out the FIM prompt) by keystroke's
+    remote backend, so stops and post-processing are the same as keystroke's.
+    """
+    from keystroke.engine import Engine, EngineSettings, make_backend, registry
+    if engine == "keystroke":
+        return Engine.load(model, quant=quant, threads=threads, persist=False)
+    if engine != "llamacpp-infill":
+        raise SystemExit(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import llamacpp_server
+    import torch
+    server, url = llamacpp_server.start(str(registry.resolve(model)), threads=threads or torch.get_num_threads(),
+                                        ctx=8192)
+    backend = make_backend(EngineSettings(model=model, engine={"backend": "remote", "url": url, "fim": "infill"}))
+    backend.llamacpp_server = server      # keeps the server alive as long as the backend
+    return backend
 
 
 def write_json(path: Path, obj: object) -> None:
