@@ -80,7 +80,8 @@ def _models(args: argparse.Namespace) -> int:
         print(f"{name}: {path}")
         return 0
     for m in registry.list_models():
-        where = m["path"] if m["available"] else f"not pulled (keystroke models pull {m['name']})"
+        where = m["path"] if m["available"] else \
+            "installed; assembled on first use" if m["installed"] else f"not pulled (keystroke models pull {m['name']})"
         size = f"{m['size_mb']:.0f} MB" if m.get("size_mb") else ""
         default = " (default)" if m["name"] == registry.DEFAULT_MODEL else ""
         print(f"{m['name']}{default}\t{size}\t{where}\n    {m['description']}")

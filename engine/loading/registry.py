@@ -206,5 +206,7 @@ def list_models() -> list[dict]:
             "size_mb": round(path.stat().st_size / 2**20, 1) if available else spec.approx_size_mb,
             "default": spec.name == DEFAULT_MODEL,
             "aliases": list(spec.aliases),
+            # installed with keystroke: assembled on first use, nothing to pull
+            "installed": spec.name == "gemma3-270m" or bool(spec.parts and parts.installed_parts(list(spec.parts))),
         })
     return out

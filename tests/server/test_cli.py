@@ -40,3 +40,7 @@ def test_models_lists_every_registered_model_and_the_default(tmp_path):
     for spec in registry.MODELS.values():
         assert spec.name in done.stdout
     assert f"{registry.DEFAULT_MODEL} (default)" in done.stdout
+    lines = {line.split("\t")[0].replace(" (default)", ""): line for line in done.stdout.splitlines() if "\t" in line}
+    # an empty cache: the default says it needs no pull (its parts are installed), the 1.5B says how to pull it
+    assert "assembled on first use" in lines[registry.DEFAULT_MODEL]
+    assert "keystroke models pull qwen2.5-coder-1.5b" in lines["qwen2.5-coder-1.5b"]
