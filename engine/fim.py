@@ -142,7 +142,8 @@ def build_prompt(tokenizer: Tokenizer, template: FimTemplate | None, header: str
 
     if template is not None and template.file_sep_id >= 0 and (files or path):
         for name, code in files:
-            parts.append(("file", [template.file_sep_id] + enc(f"{name}\n{code.rstrip(chr(10))}\n")))
+            body = code.rstrip("\n")
+            parts.append(("file", [template.file_sep_id] + enc(f"{name}\n{body}\n")))
         parts.append(("file", [template.file_sep_id] + enc(f"{path or 'file'}\n")))
         header = ""
     head = ("header", enc(header))
