@@ -37,12 +37,14 @@ Decisions, so the server can rely on them:
   line start or after whitespace), `//` and `/* */` comments, '...',
   "..." and `...` strings (one line long) and triple-quoted strings. It
   reads the cursor's line first so a cursor inside a string is known.
-- **Suffix**: a finished line that is one of the suffix's next three
-  non-blank lines holding a letter or digit (compared without surrounding
-  whitespace) means the model has begun to re-type the code after the
-  cursor (a FIM model that wrote the middle goes on with the next
-  function, sometimes from its second line): the text is cut at the end of
-  the last non-blank line before it.
+- **Suffix**: the model has begun to re-type the code after the cursor (a
+  FIM model that wrote the middle goes on with the next function,
+  sometimes from its second line) when a finished line is the suffix's
+  next code line (a line holding a letter or digit; compared without
+  surrounding whitespace), or when two finished lines in a row are two
+  lines in a row of the suffix's next three code lines (one such line
+  alone may be a legitimate repeat, like a second `parts.append(c)`).
+  The text is cut at the end of the last non-blank line before them.
 - **Repetition** (when the policy asks for it): a non-empty line repeated
   three times in a row keeps only the first copy; a tail that repeats a
   unit of 2 to 64 characters holding a letter or digit, at least 4 times
@@ -98,6 +100,7 @@ class StopChecker:
         self._lines: list[str] = []      # the completion's finished lines
         self._line_ends: list[int] = []  # offset of each finished line's newline
         self._pending: Stop | None = None
+        self._suffix_match: tuple[int, int] | None = None   # (index in the suffix's lines, cut before it)
 
     # -- public -------------------------------------------------------------
 
@@ -144,8 +147,9 @@ class StopChecker:
         mode = self.policy.mode
         if ch == "\n":
             line = self._line
-            if line.strip() in self._suffix_lines:
-                return Stop("suffix", self._last_content_end if self._line_start > 0 else 0)
+            hit = self._retypes_suffix(line.strip())
+            if hit is not None:
+                return hit
             if mode == "line":
                 return Stop("line", offset)
             if line.strip():
@@ -176,6 +180,20 @@ class StopChecker:
                          else level <= self._start_level):
                 return Stop("block", self._last_content_end)
         self._seen_content = True
+        return None
+
+    def _retypes_suffix(self, line: str) -> Stop | None:
+        if not line:
+            return None      # blank lines neither match nor break a match
+        cut = self._last_content_end if self._line_start > 0 else 0
+        wanted = self._suffix_lines
+        previous, self._suffix_match = self._suffix_match, None
+        if wanted and line == wanted[0]:
+            return Stop("suffix", cut)
+        if previous is not None and previous[0] + 1 < len(wanted) and line == wanted[previous[0] + 1]:
+            return Stop("suffix", previous[1])
+        if line in wanted:
+            self._suffix_match = (wanted.index(line), cut)
         return None
 
     def _block_at_line_end(self, line: str, offset: int, st: ScanState) -> Stop | None:
@@ -213,7 +231,7 @@ class StopChecker:
 SUFFIX_LINES = 3
 
 
-def next_code_lines(suffix: str) -> frozenset[str]:
+def next_code_lines(suffix: str) -> tuple[str, ...]:
     """The first SUFFIX_LINES lines after the cursor's line in `suffix` that hold a letter or digit, stripped."""
     found: list[str] = []
     for line in suffix.split("\n")[1:]:
@@ -221,4 +239,4 @@ def next_code_lines(suffix: str) -> frozenset[str]:
             found.append(line.strip())
             if len(found) == SUFFIX_LINES:
                 break
-    return frozenset(found)
+    return tuple(found)

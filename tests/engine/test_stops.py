@@ -162,7 +162,8 @@ def test_block_stops_do_not_depend_on_how_the_text_is_split(pieces, language_id,
                language_id=language_id) == whole
 
 
-SAMPLE_SUFFIX = "\n\n\ndef fibonacci(n: int) -> list[int]:\n    \"\"\"The first n Fibonacci numbers.\"\"\"\n"
+SAMPLE_SUFFIX = ("\n\n\ndef fibonacci(n: int) -> list[int]:\n    \"\"\"The first n Fibonacci numbers.\"\"\"\n"
+                 "    result = [0, 1]\n")
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
@@ -176,6 +177,12 @@ def test_retyping_the_suffix_stops_before_it(chunk):
 def test_retyping_the_suffix_from_its_second_line_stops_too():
     text = '    """The first n Fibonacci numbers."""\n    result = [0, 1]\n'
     assert run(text, line="    ", suffix=SAMPLE_SUFFIX, mode="free") == ("suffix", "")
+
+
+def test_one_repeat_of_a_later_suffix_line_is_kept():
+    suffix = "\n        else:\n            parts.append(c)\n    return parts\n"
+    assert run("            parts.append(c)\n", line="", suffix=suffix, mode="free") is None
+    assert run("            parts.append(c)\n            n += 1\n", line="", suffix=suffix, mode="free") is None
 
 
 def test_a_line_unlike_the_suffix_goes_on():
