@@ -45,12 +45,14 @@ def random_edit(rng: random.Random, text: str, history: list[str]) -> tuple[str,
     return text[:at] + s + text[at:], at + len(s)
 
 
-def is_tie(engine: Engine, prefix: str, warm: str, cold: str) -> bool:
+def is_tie(engine: Engine, text: str, cursor: int, warm: str, cold: str) -> bool:
     """Whether the cold model's top-2 logits are within 1e-3 where the two texts part."""
+    from keystroke.engine import fim
     common = 0
     while common < min(len(warm), len(cold)) and warm[common] == cold[common]:
         common += 1
-    ids = [engine.tokenizer.bos_id] + engine.tokenizer.encode(prefix + cold[:common])
+    prefix = text[:cursor] + cold[:common]
+    ids = fim.build_prompt(engine.tokenizer, engine.template, "", prefix, text[cursor:]).ids
     with torch.inference_mode():
         logits = engine.model(torch.tensor([ids]), engine.model.new_cache(capacity=len(ids)))[0]
     top = torch.topk(logits, 2).values
@@ -63,7 +65,7 @@ def compare(engine: Engine, doc: str, text: str, cursor: int) -> tuple[bool, boo
     cold = engine.complete(CompletionRequest(doc_id=doc, prefix=text[:cursor], suffix=text[cursor:], stop=stop,
                                              use_cache=False))
     same = warm.text == cold.text
-    tie = (not same) and is_tie(engine, text[:cursor], warm.text, cold.text)
+    tie = (not same) and is_tie(engine, text, cursor, warm.text, cold.text)
     return same, tie, warm.timings
 
 
