@@ -210,4 +210,5 @@ def status_answer(ls: KeystrokeServer) -> dict:
     """The answer of `keystroke.status`."""
     info, stats = ls.engine_info()
     return status_report(state=ls.engine_state, model=ls.config.model, enabled=ls.config.enabled,
-                         engine_info=info, engine_stats=stats, record=ls.record, error=ls.engine_error)
+                         engine_info=info, engine_stats=stats, record=ls.record, error=ls.engine_error,
+                         acceptance=ls.acceptance.summary())

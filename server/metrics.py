@@ -122,6 +122,7 @@ def status_report(
     engine_stats: dict | None,
     record: LatencyRecord,
     error: str | None = None,
+    acceptance: dict | None = None,
 ) -> dict[str, Any]:
     """The `keystroke.status` answer. engine_info is expected to hold
     model, device, dtype; engine_stats the cache sizes; both pass through."""
@@ -136,4 +137,5 @@ def status_report(
         "engine": info,
         "engine_stats": dict(engine_stats or {}),
         "server": record.summary(),
+        "acceptance": acceptance or {},   # server/acceptance.py: local counts only
     }

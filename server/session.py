@@ -23,6 +23,7 @@ from pygls.uris import to_fs_path
 from keystroke.engine.api import Backend, CompletionResult
 from keystroke.engine.errors import KeystrokeError
 from keystroke.server import pipeline
+from keystroke.server.acceptance import AcceptanceStats
 from keystroke.server.config import Config, engine_changed, parse_config
 from keystroke.server.context import DocumentView
 from keystroke.server.metrics import LatencyRecord
@@ -76,6 +77,7 @@ class KeystrokeServer(LanguageServer):
         self.scheduler = Scheduler()
         self.record = LatencyRecord()
         self.shown = pipeline.TypedThrough()
+        self.acceptance = AcceptanceStats()
         self.backend: Backend | None = None
         self.engine_state = "loading"       # loading | ready | failed
         self.engine_error: str | None = None
@@ -166,6 +168,7 @@ class KeystrokeServer(LanguageServer):
         if doc is None:
             log.warning("didChange for a document that is not open: %s", redact_secrets(str(uri))[:200])
             return
+        old = doc.source
         for change in params.content_changes:
             new = clean_text(change.text)
             text = _edited(doc, change.range, new) \
@@ -182,6 +185,7 @@ class KeystrokeServer(LanguageServer):
                     self._refuse(uri, problem)
                     return
         doc.version = params.text_document.version
+        self.acceptance.changed(uri, old, doc.source)
         if log.isEnabledFor(logging.DEBUG):  # lets a test (or a bug report) compare copies
             log.debug("%s is version %s: %d characters, crc32 %08x", display_uri(uri), doc.version,
                       len(doc.source), zlib.crc32(doc.source.encode("utf-8")))
@@ -189,6 +193,7 @@ class KeystrokeServer(LanguageServer):
     def close_document(self, uri: str) -> None:
         self.refused.pop(uri, None)
         self.shown.forget(uri)
+        self.acceptance.closed(uri)
         if self.find_document(uri) is not None:
             self.workspace.remove_text_document(uri)
         backend = self.backend
@@ -198,6 +203,7 @@ class KeystrokeServer(LanguageServer):
     def _refuse(self, uri: str, problem: str) -> None:
         self.refused[uri] = problem
         self.shown.forget(uri)
+        self.acceptance.closed(uri)
         if self.find_document(uri) is not None:
             self.workspace.remove_text_document(uri)
         name = uri.rsplit("/", 1)[-1][:120]
@@ -340,13 +346,13 @@ class KeystrokeServer(LanguageServer):
         doc, others, root = self.view(snap, text), self.other_documents(snap.uri), self.workspace_root()
 
         def make_work(ticket: Ticket) -> Callable[[], Any]:
-            def work() -> tuple[CompletionResult, list[str]]:
+            def work() -> tuple[CompletionResult, list[str], str]:
                 plan = pipeline.plan(doc, offset, others, config, n=n, count_tokens=backend.count_tokens,
                                      workspace_root=root, is_cancelled=ticket.is_cancelled)
                 self.record.add_context(plan.provenance)
                 log.debug("context for %s: %s", display_uri(snap.uri), describe_provenance(plan.provenance))
                 result = backend.complete(plan.request)
-                return result, pipeline.finish(result, plan)
+                return result, pipeline.finish(result, plan), plan.mode
             return work
 
         try:
@@ -356,7 +362,7 @@ class KeystrokeServer(LanguageServer):
             raise
         if outcome.status != "done":
             return Suggestions([], outcome.status)
-        result, texts = outcome.value
+        result, texts, mode = outcome.value
         self.record.add_result(result)
         if result.error:
             log.warning("engine error: %s", result.error)
@@ -364,6 +370,7 @@ class KeystrokeServer(LanguageServer):
         if self.current_version(snap.uri) != snap.version:
             return Suggestions([], "stale", result)
         self.shown.remember(snap.uri, text, offset, texts)
+        self.acceptance.shown(snap.uri, text, offset, texts[:n], language_id=snap.language_id, mode=mode)
         return Suggestions(texts, "served", result)
 
 
