@@ -110,3 +110,9 @@ def test_emacs_eglot_completion_preview_and_actions(tmp_path: Path) -> None:
     assert r["final_text"] == d["after"]["text"]
 
     assert "keystroke: ready (on)" in r["status_text"] and DEFAULT_MODEL in r["status_text"]
+    # The accepts above (a completion item, a word, the rest) are counted from eglot's didChange alone.
+    m = re.search(r"^acceptance: (\d+) of (\d+) suggestions \(\d+%\); whole (\d+), word (\d+), line \d+; "
+                  r"typed through \d+; kept - at 30 s, - at 5 min$", r["status_text"], re.M)
+    assert m, r["status_text"]
+    accepted, shown, whole, word = map(int, m.groups())
+    assert 2 <= accepted <= shown and whole >= 2 and word >= 1, r["status_text"]
