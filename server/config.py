@@ -26,6 +26,7 @@ class Config:
     temperature: float = 0.0            # 0: greedy (Automatic triggers)
     candidates: int = 3                 # items on an Invoked trigger
     debounce_ms: int = 50               # wait before an Automatic request runs
+    speculate: bool = True              # compute the suggestion after an accept ahead (server/speculation.py)
     context_budget: int = 1024          # prompt tokens
     enabled_languages: tuple[str, ...] | None = None   # None: every language
     cache_dir: str | None = None        # None: the engine's default
@@ -56,6 +57,7 @@ CLIENT_KEYS: dict[str, str] = {
     "temperature": "temperature",
     "candidates": "candidates",
     "debounceMs": "debounce_ms",
+    "speculate": "speculate",
     "contextBudget": "context_budget",
     "enabledLanguages": "enabled_languages",
     "cacheDir": "cache_dir",
@@ -146,6 +148,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "temperature": _float(0.0, 2.0),
     "candidates": _int(1, 10),
     "debounce_ms": _int(0, 5000),
+    "speculate": _bool,
     "context_budget": _int(64, 131072),
     "enabled_languages": _languages,
     "cache_dir": _optional(_nonempty_str),

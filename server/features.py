@@ -211,4 +211,5 @@ def status_answer(ls: KeystrokeServer) -> dict:
     info, stats = ls.engine_info()
     return status_report(state=ls.engine_state, model=ls.config.model, enabled=ls.config.enabled,
                          engine_info=info, engine_stats=stats, record=ls.record, error=ls.engine_error,
-                         acceptance=ls.acceptance.summary())
+                         acceptance=ls.acceptance.summary(),
+                         speculation=ls.guesses.summary(list(ls.scheduler.preempt_waits_ms)))

@@ -187,6 +187,7 @@ async def on_clear_cache(ls: KeystrokeServer, *args: Any) -> bool:
     if backend is None:
         return False
     ls.shown.forget()
+    ls.guesses.drop()
     await ls.scheduler.call(backend.clear_cache)
     log.info("caches cleared")
     return True

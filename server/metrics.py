@@ -123,6 +123,7 @@ def status_report(
     record: LatencyRecord,
     error: str | None = None,
     acceptance: dict | None = None,
+    speculation: dict | None = None,
 ) -> dict[str, Any]:
     """The `keystroke.status` answer. engine_info is expected to hold
     model, device, dtype; engine_stats the cache sizes; both pass through."""
@@ -138,4 +139,5 @@ def status_report(
         "engine_stats": dict(engine_stats or {}),
         "server": record.summary(),
         "acceptance": acceptance or {},   # server/acceptance.py: local counts only
+        "speculation": speculation or {},  # server/speculation.py
     }
