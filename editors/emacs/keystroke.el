@@ -136,12 +136,13 @@ server per buffer."
   (let* ((server (plist-get status :server))
          (latency (plist-get server :latency))
          (reuse (plist-get (plist-get server :reuse) :reused_ratio))
-         (lines (list (format "keystroke: %s (%s)" (keystroke--show (plist-get status :state))
-                              (if (eq (plist-get status :enabled) t) "on" "off"))
-                      (format "model: %s  device: %s  dtype: %s"
+         ;; Built in reverse (each line is pushed), turned round at the end.
+         (lines (list (format "model: %s  device: %s  dtype: %s"
                               (keystroke--show (plist-get status :model))
                               (keystroke--show (plist-get status :device))
-                              (keystroke--show (plist-get status :dtype))))))
+                              (keystroke--show (plist-get status :dtype)))
+                      (format "keystroke: %s (%s)" (keystroke--show (plist-get status :state))
+                              (if (eq (plist-get status :enabled) t) "on" "off")))))
     (when-let ((err (plist-get status :error)))
       (push (format "error: %s" err) lines))
     (cl-loop for (feature stats) on latency by #'cddr

@@ -59,6 +59,7 @@ def test_vscode_ghost_text_accepted_with_tab(tmp_path: Path) -> None:
                                 f"--- server log:\n{server_log_tail(log_file)}")
 
     assert r["installed"] == ["keystroke.keystroke-0.1.0"], "the .vsix did not install"
+    assert log_file.exists(), "the extension did not start the configured server (keystroke.server.command)"
     assert "keystroke" in r["status_ready"] and not re.search("loading|stopped|failed", r["status_ready"])
 
     # The saved file: the typed "m" and then exactly the ghost text shown.
@@ -74,12 +75,13 @@ def test_vscode_ghost_text_accepted_with_tab(tmp_path: Path) -> None:
     # The status bar shows the last latency; "Show stats" printed the server's status.
     # After the Tab, the status item counts the accept (server/acceptance.py) next to the latency.
     m = re.fullmatch(r"keystroke \d+ ms, (\d+)/(\d+) accepted", r["status_after"])
-    assert m and 1 <= int(m.group(1)) <= int(m.group(2)), r["status_after"]
+    assert m and 1 <= int(m.group(1)) <= int(m.group(2)), (r["status_after"], r["stats_lines"])
     assert any("keystroke: ready (on)" in line for line in r["stats_lines"]), r["stats_lines"]
     acceptance = [line for line in r["stats_lines"] if line.startswith("acceptance: ")]
     assert acceptance, r["stats_lines"]
-    m = re.match(r"acceptance: (\d+) of (\d+) suggestions \(\d+%\); whole (\d+), word \d+, line \d+; "
-                 r"typed through \d+; kept - at 30 s, - at 5 min", acceptance[-1])
+    # (the output panel wraps the line: its start is enough)
+    m = re.match(r"acceptance: (\d+) of (\d+) suggestions \(\d+%\); whole (\d+), word \d+, line \d+; ",
+                 acceptance[-1])
     assert m and int(m.group(1)) >= 1 and int(m.group(3)) >= 1, acceptance[-1]
     for shot in ("vscode-ghost-text.png", "vscode-accepted.png", "vscode-stats.png"):
         data = (artifacts / shot).read_bytes()

@@ -74,6 +74,15 @@ fs.writeFileSync(path.join(userData, 'User', 'settings.json'), JSON.stringify({
   'chat.disableAIFeatures': true,
 }, null, 2));
 
+// code-server is a remote window: it reads settings scoped "machine-overridable" (the server
+// command) from the machine settings and ignores them in the user's. Without this, the extension
+// starts whatever `keystroke` is first on PATH.
+fs.mkdirSync(path.join(userData, 'Machine'), { recursive: true });
+fs.writeFileSync(path.join(userData, 'Machine', 'settings.json'), JSON.stringify({
+  'keystroke.server.command': env('KS_SERVER_COMMAND'),
+  'keystroke.server.args': JSON.parse(env('KS_SERVER_ARGS')),
+}, null, 2));
+
 let server;
 let browser;
 let page;
