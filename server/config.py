@@ -25,7 +25,9 @@ class Config:
     max_tokens: int = 64
     temperature: float = 0.0            # 0: greedy (Automatic triggers)
     candidates: int = 3                 # items on an Invoked trigger
-    debounce_ms: int = 50               # wait before an Automatic request runs
+    debounce_ms: int | None = None      # a fixed wait before an Automatic request runs; None: adaptive
+    debounce_min_ms: int = 20           # the adaptive wait's bounds (server/debounce.py)
+    debounce_max_ms: int = 300
     speculate: bool = True              # compute the suggestion after an accept ahead (server/speculation.py)
     context_budget: int = 1024          # prompt tokens
     enabled_languages: tuple[str, ...] | None = None   # None: every language
@@ -57,6 +59,8 @@ CLIENT_KEYS: dict[str, str] = {
     "temperature": "temperature",
     "candidates": "candidates",
     "debounceMs": "debounce_ms",
+    "debounceMinMs": "debounce_min_ms",
+    "debounceMaxMs": "debounce_max_ms",
     "speculate": "speculate",
     "contextBudget": "context_budget",
     "enabledLanguages": "enabled_languages",
@@ -147,7 +151,9 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_tokens": _int(1, 2048),
     "temperature": _float(0.0, 2.0),
     "candidates": _int(1, 10),
-    "debounce_ms": _int(0, 5000),
+    "debounce_ms": _optional(_int(0, 5000)),
+    "debounce_min_ms": _int(0, 5000),
+    "debounce_max_ms": _int(0, 5000),
     "speculate": _bool,
     "context_budget": _int(64, 131072),
     "enabled_languages": _languages,

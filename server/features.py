@@ -71,7 +71,7 @@ async def inline_completion(ls: KeystrokeServer, params: types.InlineCompletionP
     automatic = params.context.trigger_kind != types.InlineCompletionTriggerKind.Invoked
     n = 1 if automatic else ls.config.candidates
     found = await ls.suggest(snap, text, model_cursor, feature="inline", n=n,
-                             debounce_ms=ls.config.debounce_ms if automatic else 0)
+                             debounce_ms=ls.debounce_ms() if automatic else 0)
     _count(ls, found)
     if not found.texts:
         return None
@@ -90,7 +90,7 @@ async def completion(ls: KeystrokeServer, params: types.CompletionParams) -> typ
     snap, cursor = found_at
     invoked = params.context is not None and params.context.trigger_kind == types.CompletionTriggerKind.Invoked
     found = await ls.suggest(snap, snap.text, cursor, feature="completion", n=1,
-                             debounce_ms=0 if invoked else ls.config.debounce_ms)
+                             debounce_ms=0 if invoked else ls.debounce_ms())
     _count(ls, found)
     if not found.texts:
         return types.CompletionList(is_incomplete=True, items=[])
@@ -212,4 +212,6 @@ def status_answer(ls: KeystrokeServer) -> dict:
     return status_report(state=ls.engine_state, model=ls.config.model, enabled=ls.config.enabled,
                          engine_info=info, engine_stats=stats, record=ls.record, error=ls.engine_error,
                          acceptance=ls.acceptance.summary(),
-                         speculation=ls.guesses.summary(list(ls.scheduler.preempt_waits_ms)))
+                         speculation=ls.guesses.summary(list(ls.scheduler.preempt_waits_ms)),
+                         debounce={"mode": "fixed" if ls.config.debounce_ms is not None else "adaptive",
+                                   "ms": round(ls.debounce_ms(), 1), "intervals": ls.pace.intervals()})

@@ -20,18 +20,19 @@ from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
-from keystroke.engine.api import Backend, CompletionResult
+from keystroke.engine.api import Backend, CompletionRequest, CompletionResult
 from keystroke.engine.errors import KeystrokeError
 from keystroke.server import pipeline
 from keystroke.server.acceptance import AcceptanceStats
 from keystroke.server.config import Config, engine_changed, parse_config
 from keystroke.server.context import DocumentView
+from keystroke.server.debounce import TypingPace
 from keystroke.server.metrics import LatencyRecord
 from keystroke.server.positions import Snapshot, clean_text, document_problem, lsp_lines, position_to_offset
 from keystroke.server.protocol import KeystrokeProtocol, short_error
 from keystroke.server.scheduler import Outcome, Scheduler, Ticket
 from keystroke.server.secrets import redact_secrets
-from keystroke.server.speculation import Guess, Guesses
+from keystroke.server.speculation import Answer, Guess, Guesses, extends
 
 log = logging.getLogger("keystroke.lsp")
 
@@ -80,6 +81,7 @@ class KeystrokeServer(LanguageServer):
         self.shown = pipeline.TypedThrough()
         self.acceptance = AcceptanceStats()
         self.guesses = Guesses()            # the suggestion after an accept, computed ahead
+        self.pace = TypingPace()            # the user's typing intervals, for the adaptive debounce
         self.backend: Backend | None = None
         self.engine_state = "loading"       # loading | ready | failed
         self.engine_error: str | None = None
@@ -187,6 +189,7 @@ class KeystrokeServer(LanguageServer):
                     self._refuse(uri, problem)
                     return
         doc.version = params.text_document.version
+        self.pace.keystroke()
         self.acceptance.changed(uri, old, doc.source)
         self.guesses.changed(uri, doc.source)
         if log.isEnabledFor(logging.DEBUG):  # lets a test (or a bug report) compare copies
@@ -322,6 +325,13 @@ class KeystrokeServer(LanguageServer):
             return self.engine_state
         return None
 
+    def debounce_ms(self) -> float:
+        """The wait before an Automatic request runs: `debounceMs` when set, else from the user's typing."""
+        c = self.config
+        if c.debounce_ms is not None:
+            return float(c.debounce_ms)
+        return self.pace.debounce_ms(c.debounce_min_ms, max(c.debounce_min_ms, c.debounce_max_ms))
+
     def view(self, snap: Snapshot, text: str | None = None) -> DocumentView:
         return DocumentView(snap.uri, snap.text if text is None else text, snap.language_id, snap.path)
 
@@ -339,18 +349,27 @@ class KeystrokeServer(LanguageServer):
 
     def _work(self, doc: DocumentView, offset: int, others: list[DocumentView], n: int, ticket: Ticket,
               config: Config, backend: Backend, *,
-              speculative: bool = False) -> Callable[[], tuple[CompletionResult, list[str], str]]:
-        """The worker's job for one cursor: plan, engine, post-process (the pipeline's three steps)."""
+              speculating_after: CompletionRequest | None = None) -> Callable[[], Answer | None]:
+        """The worker's job for one cursor: plan, engine, post-process (the pipeline's three steps).
+
+        Speculative work (`speculating_after`: the request whose suggestion is
+        assumed accepted) gives up, with None, before the engine runs when its
+        prompt is not that request's plus the suggestion: the engine's prefill
+        does not stop for cancellation, so only a prefill of about the
+        suggestion's own tokens keeps a user's request from waiting on it."""
         root = self.workspace_root()
 
-        def work() -> tuple[CompletionResult, list[str], str]:
+        def work() -> Answer | None:
             plan = pipeline.plan(doc, offset, others, config, n=n, count_tokens=backend.count_tokens,
                                  workspace_root=root, is_cancelled=ticket.is_cancelled)
-            if not speculative:
+            if speculating_after is not None:
+                if not extends(speculating_after, plan.request):
+                    return None
+            else:
                 self.record.add_context(plan.provenance)
                 log.debug("context for %s: %s", display_uri(doc.uri), describe_provenance(plan.provenance))
             result = backend.complete(plan.request)
-            return result, pipeline.finish(result, plan), plan.mode
+            return Answer(result, pipeline.finish(result, plan), plan.mode, plan.request)
         return work
 
     async def suggest(self, snap: Snapshot, text: str, offset: int, *, feature: str, n: int,
@@ -379,14 +398,14 @@ class KeystrokeServer(LanguageServer):
             raise
         if outcome.status != "done":
             return Suggestions([], outcome.status)
-        result, texts, mode = outcome.value
+        result, texts, mode, request = outcome.value
         self.record.add_result(result)
         if result.error:
             log.warning("engine error: %s", result.error)
             return Suggestions([], "error", result)
         if self.current_version(snap.uri) != snap.version:
             return Suggestions([], "stale", result)
-        self._shown(snap, text, offset, texts, n, mode)
+        self._shown(snap, text, offset, texts, n, mode, request)
         return Suggestions(texts, "served", result)
 
     async def _from_guess(self, snap: Snapshot, key: Any, guess: Guess, text: str, offset: int) -> Suggestions | None:
@@ -395,19 +414,20 @@ class KeystrokeServer(LanguageServer):
         outcome = await self.scheduler.wait_for(key, guess.future)
         if outcome.status == "superseded":
             return Suggestions([], "superseded")
-        if outcome.status != "done":
+        if outcome.status != "done" or outcome.value is None:   # preempted, or gave up as too costly
             return None
-        result, texts, mode = outcome.value
+        result, texts, mode, request = outcome.value
         if result.error or any(c.stop_reason == "cancelled" for c in result.candidates):
             return None
         self.guesses.counts["joined" if joined else "answered"] += 1
         self.record.add_result(result)
         if self.current_version(snap.uri) != snap.version:
             return Suggestions([], "stale", result)
-        self._shown(snap, text, offset, texts, 1, mode)
+        self._shown(snap, text, offset, texts, 1, mode, request)
         return Suggestions(texts, "speculated", result)
 
-    def _shown(self, snap: Snapshot, text: str, offset: int, texts: list[str], n: int, mode: str) -> None:
+    def _shown(self, snap: Snapshot, text: str, offset: int, texts: list[str], n: int, mode: str,
+               request: CompletionRequest) -> None:
         """Suggestions go to the client: remember them, count them, and guess what follows their accept."""
         self.shown.remember(snap.uri, text, offset, texts)
         self.acceptance.shown(snap.uri, text, offset, texts[:n], language_id=snap.language_id, mode=mode)
@@ -417,7 +437,7 @@ class KeystrokeServer(LanguageServer):
             others, config, backend = self.other_documents(snap.uri), self.config, self.backend
             ticket, fut = self.scheduler.speculate(
                 lambda t: self._work(doc, len(before) + len(suggestion), others, 1, t, config, backend,
-                                     speculative=True))
+                                     speculating_after=request))
             fut.add_done_callback(_log_failure)
             self.guesses.add(snap.uri, Guess(before, suggestion, after, ticket, fut))
 

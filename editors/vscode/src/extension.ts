@@ -15,7 +15,8 @@ import {
 // Server settings: VS Code setting `keystroke.<key>` -> server key (same name).
 const SERVER_KEYS = [
   'enabled', 'model', 'device', 'threads', 'maxTokens', 'temperature', 'candidates',
-  'debounceMs', 'contextBudget', 'enabledLanguages', 'cacheDir', 'cacheSizeMb', 'engine',
+  'debounceMs', 'debounceMinMs', 'debounceMaxMs', 'speculate', 'contextBudget', 'enabledLanguages', 'cacheDir',
+  'cacheSizeMb', 'engine',
 ] as const;
 
 interface Status {
