@@ -18,6 +18,9 @@ characters out; edits elsewhere shift them. The share kept is sampled when
 its delay has passed, lazily, before the next edit or status query, which
 sees the document exactly as it was at that moment.
 
+Clients that run an inline item's command after inserting it (LSP 3.18)
+report their accepts too: `confirmed` counts those, beside the inferred ones.
+
 Nothing is stored but counts and offsets (the suggestions themselves are
 already held by the server to answer typing-through), and nothing leaves the
 process: `summary()` goes into `keystroke.status`.
@@ -33,7 +36,7 @@ from typing import Callable
 KEPT_AFTER_S: tuple[float, ...] = (30.0, 300.0)
 KEPT_NAMES = {30.0: "kept_30s", 300.0: "kept_5m"}
 COUNTS = ("shown", "accepted", "accepted_whole", "accepted_word", "accepted_line", "typed_through",
-          "accepted_chars")
+          "accepted_chars", "confirmed")
 
 
 @dataclass
@@ -123,6 +126,7 @@ class AcceptanceStats:
         self._kept_after = tuple(kept_after)
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
+        self._last_key: dict[str, str] = {}     # uri -> language/mode of the last suggestion shown
         self._spans: dict[str, list[_Span]] = defaultdict(list)
         self._counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTS, 0))
         # key -> delay -> [characters kept, characters accepted]
@@ -137,6 +141,7 @@ class AcceptanceStats:
         key = f"{language_id or 'plaintext'}/{mode}"
         with self._lock:
             self._pending[uri] = _Pending(key, text[:offset], text[offset:], texts)
+            self._last_key[uri] = key
             self._counts[key]["shown"] += 1
 
     def changed(self, uri: str, old: str, new: str) -> None:
@@ -157,8 +162,20 @@ class AcceptanceStats:
         """The document closed: its accepted characters stay as they were last seen."""
         with self._lock:
             self._pending.pop(uri, None)
+            self._last_key.pop(uri, None)
             for span in self._spans.get(uri, ()):
                 span.frozen = True
+
+    def confirmed(self, uri: str) -> bool:
+        """The client ran an item's command after inserting it (LSP 3.18 `InlineCompletionItem.command`):
+        an accept it reports itself, counted apart from the ones inferred from its edits. False when
+        nothing was shown for `uri`."""
+        with self._lock:
+            key = self._last_key.get(uri)
+            if key is None:
+                return False
+            self._counts[key]["confirmed"] += 1
+            return True
 
     def forget_pending(self, uri: str) -> None:
         with self._lock:

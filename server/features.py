@@ -22,6 +22,7 @@ from keystroke.server.session import KeystrokeServer, Suggestions
 log = logging.getLogger("keystroke.lsp")
 
 CMD_APPLY_ACTION = "keystroke.applyAction"   # code actions for clients without resolve
+CMD_ACCEPTED = "keystroke.accepted"          # the inline items' command: the client inserted one
 ACTION_KINDS = {"implement": types.CodeActionKind.RefactorRewrite,
                 "docstring": types.CodeActionKind.RefactorRewrite,
                 "complete_block": types.CodeActionKind.RefactorRewrite}
@@ -76,7 +77,10 @@ async def inline_completion(ls: KeystrokeServer, params: types.InlineCompletionP
     if not found.texts:
         return None
     rng = types.Range(start=snap.position(start), end=snap.position(end))
-    items = [types.InlineCompletionItem(insert_text=typed + t, range=rng) for t in found.texts[:n]]
+    # LSP 3.18: clients run an item's command after inserting it; it tells the acceptance counts.
+    accepted = types.Command(title="keystroke: accepted", command=CMD_ACCEPTED, arguments=[snap.uri])
+    items = [types.InlineCompletionItem(insert_text=typed + t, range=rng, command=accepted)
+             for t in found.texts[:n]]
     ls.record.add_latency("inline", (time.perf_counter() - started) * 1000)
     return types.InlineCompletionList(items=items)
 

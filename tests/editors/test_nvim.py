@@ -156,6 +156,8 @@ def test_nvim_ghost_text_accept_word_line_and_all(tmp_path: Path) -> None:
     assert total["accepted_word"] >= 1 and total["accepted_whole"] >= 1, total
     assert total["accepted_word"] + total["accepted_line"] + total["accepted_whole"] == 3, total
     assert total["accepted"] >= 2 and total["shown"] >= total["accepted"]
+    # vim.lsp.inline_completion.get() (the <Tab>) ran the item's command (LSP 3.18): Neovim confirmed it.
+    assert total["confirmed"] >= 1, total
     line = (f"acceptance: {total['accepted']} of {total['shown']} suggestions "
             f"({round(100 * total['acceptance_rate'])}%); whole {total['accepted_whole']}, "
             f"word {total['accepted_word']}, line {total['accepted_line']}; typed through {total['typed_through']}; "

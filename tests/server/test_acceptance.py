@@ -138,3 +138,11 @@ def test_summary_holds_counts_only() -> None:
     stats.changed(URI, BEFORE + AFTER, BEFORE + SUGGESTION + AFTER)
     flat = repr(stats.summary())
     assert "return" not in flat and "x * 2" not in flat and URI not in flat
+
+
+def test_accepts_the_client_confirms_are_counted_apart() -> None:
+    stats, _ = stats_with_shown()
+    stats.changed(URI, BEFORE + AFTER, BEFORE + SUGGESTION + AFTER)
+    assert stats.confirmed(URI) and not stats.confirmed("file:///never-shown.py")
+    t = total(stats)
+    assert t["confirmed"] == 1 and t["accepted"] == 1

@@ -46,6 +46,10 @@ async def test_accepts_appear_in_status(start_server, real_model, tmp_path):
     s.change(uri, (item.range.start.line, item.range.start.character),
              (item.range.end.line, item.range.end.character), item.insert_text)
     text = apply(text, item.range, item.insert_text)
+    # LSP 3.18: the client runs the item's command after inserting it.
+    assert item.command is not None and item.command.command == "keystroke.accepted"
+    assert await s.client.workspace_execute_command_async(types.ExecuteCommandParams(
+        command=item.command.command, arguments=item.command.arguments)) is True
 
     # 2. On a new line, accept one word of the next suggestion.
     line, char = end_of(text)
@@ -63,7 +67,7 @@ async def test_accepts_appear_in_status(start_server, real_model, tmp_path):
     st = await s.status()
     acc = st["acceptance"]
     t = acc["total"]
-    assert t["shown"] >= 2
+    assert t["shown"] >= 2 and t["confirmed"] == 1
     assert t["accepted_whole"] >= 1 and t["accepted"] >= 1
     if accepted_word:
         assert t["accepted_word"] == 1
