@@ -45,6 +45,17 @@ def test_other_edits_cancel_the_guess() -> None:
     assert gs.counts["cancelled"] == 1
 
 
+def test_a_guess_runs_only_when_its_prompt_extends_the_shown_one() -> None:
+    from keystroke.engine.api import CompletionRequest
+    from keystroke.server.speculation import extends
+    shown = CompletionRequest(doc_id="d", header="# ctx\n", prefix="def f(x):\n    return ", suffix="\n")
+    assert extends(shown, CompletionRequest(doc_id="d", header="# ctx\n", prefix=shown.prefix + "x + 1", suffix="\n"))
+    for other in (dict(header="# other\n", prefix=shown.prefix + "x", suffix="\n"),     # the header moved
+                  dict(header="# ctx\n", prefix=shown.prefix[4:] + "x", suffix="\n"),   # the window slid
+                  dict(header="# ctx\n", prefix=shown.prefix + "x", suffix="\n\n")):   # the suffix changed
+        assert not extends(shown, CompletionRequest(doc_id="d", **other))
+
+
 def expected(backend, tmp_path: Path, uri: str, text: str, offset: int) -> list[str]:
     doc = DocumentView(uri, text, "python", Path(to_fs_path(uri)))
     return pipeline.complete(backend, doc, offset, [], Config(), workspace_root=tmp_path).suggestions
