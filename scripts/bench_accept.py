@@ -22,7 +22,8 @@ own `keystroke serve` with the same settings but one:
 
 Reported: p50/p95 of the request after an accept, the share of those answered
 without running the model (from a finished guess) and of those that waited
-on a running one, p50 of the typing requests, and the cancellation bound:
+on a running one, the share that got a suggestion at all (after a line
+accepted at its end, often none), p50 of the typing requests, and the cancellation bound:
 how long user requests queued behind speculative work waited (p50, max),
 next to one decode step (mean ms per decoded token) of the same server.
 """
@@ -73,6 +74,8 @@ def position(text: str, offset: int):
 
 
 async def replay(model: str, threads: int, n_lines: int, think_ms: float, speculate: bool) -> dict:
+    import tempfile
+
     from lsprotocol import types as t
     from pygls.lsp.client import LanguageClient
 
@@ -80,8 +83,11 @@ async def replay(model: str, threads: int, n_lines: int, think_ms: float, specul
     client = LanguageClient("bench-accept", "1")
     await client.start_io(sys.executable, "-m", "keystroke.server.cli", "serve", "--model", model,
                           "--threads", str(threads))
+    # A fresh cache directory per run: the response cache persists on disk, and a second run with the
+    # same prompts would otherwise be answered from the first one's.
+    cache_dir = tempfile.mkdtemp(prefix="keystroke-bench-accept-")
     await client.initialize_async(t.InitializeParams(capabilities=t.ClientCapabilities(), initialization_options={
-        "maxTokens": MAX_TOKENS, "debounceMs": 0, "speculate": speculate}))
+        "maxTokens": MAX_TOKENS, "debounceMs": 0, "speculate": speculate, "cacheDir": cache_dir}))
     client.initialized(t.InitializedParams())
     ctx = t.InlineCompletionContext(trigger_kind=t.InlineCompletionTriggerKind.Automatic)
     text, cursor, version = head + tail, len(head), 0
@@ -141,11 +147,12 @@ async def replay(model: str, threads: int, n_lines: int, think_ms: float, specul
         before = (await status())["speculation"]
         edit(text[:cursor] + shown + text[cursor:])  # Tab
         cursor += len(shown)
-        ms, _, source = await ask()
+        ms, suggestion, source = await ask()
         after = (await status())["speculation"]
         answered = after.get("answered", 0) - before.get("answered", 0)
         joined = after.get("joined", 0) - before.get("joined", 0)
-        after_accept.append({"ms": ms, "from_guess": bool(answered), "joined": bool(joined), "source": source})
+        after_accept.append({"ms": ms, "from_guess": bool(answered), "joined": bool(joined), "source": source,
+                             "suggested": bool(suggestion)})
         # Keep typing: the real rest of the line after what was accepted, then a line break.
         rest = line[len(typed_part):] + "\n"
         for k in range(1, len(rest) + 1):
@@ -185,13 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     base = results["no speculation"]
     base_p50 = statistics.median(r["ms"] for r in base["after_accept"]) if base["after_accept"] else None
     print("\n| config | accepts | p50 ms after accept | p95 ms after accept | answered from a finished guess | "
-          "waited on a running guess | typing requests | typing p50 ms | typing answered by typed-through | "
-          "p50 after accept vs no speculation |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "waited on a running guess | with a suggestion | typing requests | typing p50 ms | "
+          "typing answered by typed-through | p50 after accept vs no speculation |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, res in results.items():
         rows = res["after_accept"]
         if not rows:
-            print(f"| {name} | 0 | - | - | - | - | - | - | - | - |")
+            print(f"| {name} | 0 | - | - | - | - | - | - | - | - | - |")
             continue
         ms = [r["ms"] for r in rows]
         p50 = statistics.median(ms)
@@ -199,13 +206,16 @@ def main(argv: list[str] | None = None) -> int:
         joined = sum(r["joined"] for r in rows) / len(rows)
         ratio = f"{p50 / base_p50:.2f}x" if base_p50 else "-"
         through = res["typing_sources"].count("typed_through") / max(1, len(res["typing_sources"]))
+        suggested = sum(r["suggested"] for r in rows) / len(rows)
         print(f"| {name} | {len(rows)} | {p50:.0f} | {pct(ms, 95):.0f} | {100 * from_guess:.0f}% | {100 * joined:.0f}% | "
-              f"{len(res['typing_ms'])} | {statistics.median(res['typing_ms']):.0f} | {100 * through:.0f}% | {ratio} |")
+              f"{100 * suggested:.0f}% | {len(res['typing_ms'])} | {statistics.median(res['typing_ms']):.0f} | {100 * through:.0f}% | {ratio} |")
     spec = results["speculation"]["status"]
     s, reuse = spec["speculation"], spec["server"]["reuse"]
     print(f"\nspeculation: {s['started']} started, {s['answered']} answered, {s['joined']} joined, "
           f"{s['cancelled']} cancelled while running, {s['discarded']} unused, {s['skipped']} skipped (prompt "
           f"more than the suggestion added); cost per finished guess: {json.dumps(s['cost'])}")
+    hits = reuse["response_cache_hit_ratio"]
+    print(f"engine response-cache hits in the speculation run: {hits} (a fresh cache directory per run)")
     print(f"cancellation bound: {s['preempted_requests']} user requests queued behind speculation waited "
           f"p50 {s['preempt_wait_p50_ms']} ms, max {s['preempt_wait_max_ms']} ms; one decode step is "
           f"{reuse['decode_ms_per_token']} ms")
