@@ -435,9 +435,13 @@ class KeystrokeServer(LanguageServer):
             before, after, suggestion = text[:offset], text[offset:], texts[0]
             doc = self.view(snap, before + suggestion + after)
             others, config, backend = self.other_documents(snap.uri), self.config, self.backend
+            # Start once the user has paused longer than most of their typing intervals: a keystroke
+            # before then cancels it unstarted, so typing never waits behind its prefill.
+            delay_ms = self.pace.debounce_ms(config.debounce_min_ms, max(config.debounce_min_ms,
+                                                                         config.debounce_max_ms))
             ticket, fut = self.scheduler.speculate(
                 lambda t: self._work(doc, len(before) + len(suggestion), others, 1, t, config, backend,
-                                     speculating_after=request))
+                                     speculating_after=request), delay_s=delay_ms / 1000)
             fut.add_done_callback(_log_failure)
             self.guesses.add(snap.uri, Guess(before, suggestion, after, ticket, fut))
 
