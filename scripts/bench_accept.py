@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = results["speculation"]["status"]
     s, reuse = spec["speculation"], spec["server"]["reuse"]
     print(f"\nspeculation: {s['started']} started, {s['answered']} answered, {s['joined']} joined, "
-          f"{s['cancelled']} cancelled while running, {s['discarded']} unused, {s['skipped']} skipped (prompt "
+          f"{s['cancelled']} cancelled (before or while running), {s['discarded']} unused, {s['skipped']} skipped (prompt "
           f"more than the suggestion added); cost per finished guess: {json.dumps(s['cost'])}")
     hits = reuse["response_cache_hit_ratio"]
     print(f"engine response-cache hits in the speculation run: {hits} (a fresh cache directory per run)")

@@ -78,7 +78,7 @@ class Guesses:
     def __init__(self) -> None:
         self._by_uri: dict[str, Guess] = {}
         # answered: from a finished guess; joined: waited for a running one;
-        # cancelled: dropped while running; discarded: dropped when finished, unused
+        # cancelled: dropped before it finished (queued, delayed or running); discarded: finished, unused
         # skipped: gave up before the engine ran, its prompt being more than the suggestion added
         self.counts = {"started": 0, "answered": 0, "joined": 0, "cancelled": 0, "discarded": 0, "skipped": 0}
         # what the speculative engine calls cost, whether used or not
