@@ -25,7 +25,10 @@ class Config:
     max_tokens: int = 128               # line mode ends at the line anyway: this bounds blocks
     temperature: float = 0.0            # 0: greedy (Automatic triggers)
     candidates: int = 3                 # items on an Invoked trigger
-    debounce_ms: int = 50               # wait before an Automatic request runs
+    debounce_ms: int | None = None      # a fixed wait before an Automatic request runs; None: adaptive
+    debounce_min_ms: int = 20           # the adaptive wait's bounds (server/debounce.py)
+    debounce_max_ms: int = 300
+    speculate: bool = True              # compute the suggestion after an accept ahead (server/speculation.py)
     context_budget: int = 1024          # prompt tokens
     enabled_languages: tuple[str, ...] | None = None   # None: every language
     cache_dir: str | None = None        # None: the engine's default
@@ -56,6 +59,9 @@ CLIENT_KEYS: dict[str, str] = {
     "temperature": "temperature",
     "candidates": "candidates",
     "debounceMs": "debounce_ms",
+    "debounceMinMs": "debounce_min_ms",
+    "debounceMaxMs": "debounce_max_ms",
+    "speculate": "speculate",
     "contextBudget": "context_budget",
     "enabledLanguages": "enabled_languages",
     "cacheDir": "cache_dir",
@@ -145,7 +151,10 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_tokens": _int(1, 2048),
     "temperature": _float(0.0, 2.0),
     "candidates": _int(1, 10),
-    "debounce_ms": _int(0, 5000),
+    "debounce_ms": _optional(_int(0, 5000)),
+    "debounce_min_ms": _int(0, 5000),
+    "debounce_max_ms": _int(0, 5000),
+    "speculate": _bool,
     "context_budget": _int(64, 131072),
     "enabled_languages": _languages,
     "cache_dir": _optional(_nonempty_str),

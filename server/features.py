@@ -22,6 +22,7 @@ from keystroke.server.session import KeystrokeServer, Suggestions
 log = logging.getLogger("keystroke.lsp")
 
 CMD_APPLY_ACTION = "keystroke.applyAction"   # code actions for clients without resolve
+CMD_ACCEPTED = "keystroke.accepted"          # the inline items' command: the client inserted one
 ACTION_KINDS = {"implement": types.CodeActionKind.RefactorRewrite,
                 "docstring": types.CodeActionKind.RefactorRewrite,
                 "complete_block": types.CodeActionKind.RefactorRewrite}
@@ -71,12 +72,15 @@ async def inline_completion(ls: KeystrokeServer, params: types.InlineCompletionP
     automatic = params.context.trigger_kind != types.InlineCompletionTriggerKind.Invoked
     n = 1 if automatic else ls.config.candidates
     found = await ls.suggest(snap, text, model_cursor, feature="inline", n=n,
-                             debounce_ms=ls.config.debounce_ms if automatic else 0)
+                             debounce_ms=ls.debounce_ms() if automatic else 0)
     _count(ls, found)
     if not found.texts:
         return None
     rng = types.Range(start=snap.position(start), end=snap.position(end))
-    items = [types.InlineCompletionItem(insert_text=typed + t, range=rng) for t in found.texts[:n]]
+    # LSP 3.18: clients run an item's command after inserting it; it tells the acceptance counts.
+    accepted = types.Command(title="keystroke: accepted", command=CMD_ACCEPTED, arguments=[snap.uri])
+    items = [types.InlineCompletionItem(insert_text=typed + t, range=rng, command=accepted)
+             for t in found.texts[:n]]
     ls.record.add_latency("inline", (time.perf_counter() - started) * 1000)
     return types.InlineCompletionList(items=items)
 
@@ -90,7 +94,7 @@ async def completion(ls: KeystrokeServer, params: types.CompletionParams) -> typ
     snap, cursor = found_at
     invoked = params.context is not None and params.context.trigger_kind == types.CompletionTriggerKind.Invoked
     found = await ls.suggest(snap, snap.text, cursor, feature="completion", n=1,
-                             debounce_ms=0 if invoked else ls.config.debounce_ms)
+                             debounce_ms=0 if invoked else ls.debounce_ms())
     _count(ls, found)
     if not found.texts:
         return types.CompletionList(is_incomplete=True, items=[])
@@ -210,4 +214,8 @@ def status_answer(ls: KeystrokeServer) -> dict:
     """The answer of `keystroke.status`."""
     info, stats = ls.engine_info()
     return status_report(state=ls.engine_state, model=ls.config.model, enabled=ls.config.enabled,
-                         engine_info=info, engine_stats=stats, record=ls.record, error=ls.engine_error)
+                         engine_info=info, engine_stats=stats, record=ls.record, error=ls.engine_error,
+                         acceptance=ls.acceptance.summary(),
+                         speculation=ls.guesses.summary(list(ls.scheduler.preempt_waits_ms)),
+                         debounce={"mode": "fixed" if ls.config.debounce_ms is not None else "adaptive",
+                                   "ms": round(ls.debounce_ms(), 1), "intervals": ls.pace.intervals()})

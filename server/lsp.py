@@ -182,11 +182,19 @@ async def on_status(ls: KeystrokeServer, *args: Any) -> dict:
 
 
 @guarded(False)
+def on_accepted(ls: KeystrokeServer, *args: Any) -> bool:
+    """An inline item's command (LSP 3.18): the client inserted it. Counted; nothing else happens."""
+    uri = args[0] if args and isinstance(args[0], str) else None
+    return uri is not None and ls.acceptance.confirmed(uri)
+
+
+@guarded(False)
 async def on_clear_cache(ls: KeystrokeServer, *args: Any) -> bool:
     backend = ls.backend
     if backend is None:
         return False
     ls.shown.forget()
+    ls.guesses.drop()
     await ls.scheduler.call(backend.clear_cache)
     log.info("caches cleared")
     return True
@@ -216,6 +224,7 @@ def create_server(config: Config | None = None, *, quant: str = "auto",
             (types.CODE_ACTION_RESOLVE, on_code_action_resolve, None)):
         server.feature(method, options)(handler)
     for name, handler in ((CMD_APPLY_ACTION, on_apply_action), (CMD_STATUS, on_status),
+                          (features.CMD_ACCEPTED, on_accepted),
                           (CMD_CLEAR_CACHE, on_clear_cache), (CMD_TOGGLE, on_toggle)):
         server.command(name)(handler)
     return server

@@ -35,6 +35,8 @@ class LatencyRecord:
         self._typed_through = 0
         self._cache_hits = 0
         self._engine_calls = 0
+        self._decode_ms = 0.0
+        self._decode_tokens = 0
         self._last_context: list[dict] = []
         self._context_totals: dict[str, list[int]] = {}  # source -> [prompts it went into, tokens]
 
@@ -55,6 +57,8 @@ class LatencyRecord:
             self._reused_memory += t.reused_memory_tokens
             self._reused_disk += t.reused_disk_tokens
             self._cache_hits += int(t.response_cache_hit)
+            self._decode_ms += t.decode_ms
+            self._decode_tokens += t.decode_tokens
 
     def add_typed_through(self) -> None:
         """A request answered from the last suggestion, without the engine."""
@@ -96,6 +100,9 @@ class LatencyRecord:
                     "typed_through": self._typed_through,
                     "typed_through_ratio": _ratio(self._typed_through, calls + self._typed_through),
                     "response_cache_hit_ratio": _ratio(self._cache_hits, calls),
+                    # one decode step: the most a user request may wait behind speculation
+                    "decode_ms_per_token": _round(self._decode_ms / self._decode_tokens)
+                    if self._decode_tokens else None,
                 },
                 "context": {
                     "last": [dict(e) for e in self._last_context],
@@ -122,6 +129,9 @@ def status_report(
     engine_stats: dict | None,
     record: LatencyRecord,
     error: str | None = None,
+    acceptance: dict | None = None,
+    speculation: dict | None = None,
+    debounce: dict | None = None,
 ) -> dict[str, Any]:
     """The `keystroke.status` answer. engine_info is expected to hold
     model, device, dtype; engine_stats the cache sizes; both pass through."""
@@ -136,4 +146,7 @@ def status_report(
         "engine": info,
         "engine_stats": dict(engine_stats or {}),
         "server": record.summary(),
+        "acceptance": acceptance or {},   # server/acceptance.py: local counts only
+        "speculation": speculation or {},  # server/speculation.py
+        "debounce": debounce or {},        # server/debounce.py
     }

@@ -8,15 +8,23 @@ true so the decode loop stops within one token. Neovim 0.12 never cancels
 its automatic requests, so this is what keeps the editor from waiting on
 dead ones. A `$/cancelRequest` cancels the handler's asyncio task; the
 CancelledError reaches `run`, which sets the same flag.
+
+Speculative work (`speculate`: the suggestion after an accept, see
+server/speculation.py) runs at the lowest priority: the worker takes it only
+when no user request is queued, and every user request cancels it when it is
+queued, so a user's request waits at most for the decode step the
+speculation is in. `preempt_waits_ms` records how long such requests waited.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, TypeVar
 
 log = logging.getLogger("keystroke.scheduler")
@@ -54,37 +62,59 @@ class Outcome:
     status: str = "done"     # done | superseded | cancelled | error
 
 
+USER, SPECULATIVE, STOP = 0, 1, 2     # queue priorities: lower runs first
+
+
 @dataclass
 class _Job:
     fn: Callable[[], Any]
     future: "asyncio.Future[Any] | None"
     loop: "asyncio.AbstractEventLoop | None"
     ticket: Ticket | None = None
+    priority: int = USER
+    queued: float = field(default_factory=time.perf_counter)
+    behind_speculation: bool = False    # a speculative job was running when this one was queued
 
 
 class Scheduler:
     """One worker thread for the engine, plus per-key supersession."""
 
     def __init__(self, name: str = "keystroke-engine") -> None:
-        self._jobs: "queue.Queue[_Job | None]" = queue.Queue()
+        self._jobs: "queue.PriorityQueue[tuple[int, int, _Job | None]]" = queue.PriorityQueue()
+        self._order = itertools.count()
         self._latest: dict[Hashable, Ticket] = {}
+        self._speculative: set[Ticket] = set()
+        self._running: _Job | None = None
+        self.preempt_waits_ms: deque[float] = deque(maxlen=512)
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
         self._closed = False
 
+    def _put(self, job: "_Job | None", priority: int = USER) -> None:
+        if job is not None and priority == USER:
+            running = self._running
+            job.behind_speculation = running is not None and running.priority == SPECULATIVE
+            self.preempt()
+        self._jobs.put((priority, next(self._order), job))
+
     # -- worker side ---------------------------------------------------
     def _work(self) -> None:
         while True:
-            job = self._jobs.get()
+            _, _, job = self._jobs.get()
             if job is None:
                 return
+            if job.behind_speculation:
+                self.preempt_waits_ms.append((time.perf_counter() - job.queued) * 1000)
             if job.ticket is not None and job.ticket.is_cancelled():
                 self._resolve(job, None, None, skipped=True)
                 continue
+            self._running = job
             try:
                 value, exc = job.fn(), None
             except BaseException as e:  # noqa: BLE001 - reported to the awaiting side
                 value, exc = None, e
+            finally:
+                self._running = None
             self._resolve(job, (value,), exc)  # a 1-tuple: None means skipped
 
     @staticmethod
@@ -110,15 +140,75 @@ class Scheduler:
     def submit_background(self, fn: Callable[[], Any]) -> None:
         """Run `fn` on the worker, fire and forget (document closed, cache cleared)."""
         if not self._closed:
-            self._jobs.put(_Job(fn, None, None))
+            self._put(_Job(fn, None, None))
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the worker and await its value (errors propagate)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._jobs.put(_Job(fn, fut, loop))
+        self._put(_Job(fn, fut, loop))
         (value,) = await fut
         return value
+
+    def speculate(self, make_work: Callable[[Ticket], Callable[[], Any]], *,
+                  delay_s: float = 0.0) -> tuple[Ticket, "asyncio.Future[Any]"]:
+        """Queue speculative work at the lowest priority, after `delay_s`; any user request queued
+        later cancels it (cancelled before the delay is over, it never reaches the worker).
+
+        The future resolves to a 1-tuple of the value, or None when the work was
+        cancelled before it started; an exception when it failed."""
+        loop = asyncio.get_running_loop()
+        ticket = Ticket(("speculation",))
+        fut: asyncio.Future[Any] = loop.create_future()
+        fut.add_done_callback(lambda _: self._speculative.discard(ticket))
+        if self._closed:
+            ticket.cancel("closed")
+            fut.set_result(None)
+            return ticket, fut
+        self._speculative.add(ticket)
+        job = _Job(make_work(ticket), fut, loop, ticket, priority=SPECULATIVE)
+
+        def queue_it() -> None:
+            if ticket.is_cancelled() or self._closed:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                self._put(job, SPECULATIVE)
+        if delay_s > 0:
+            loop.call_later(delay_s, queue_it)
+        else:
+            queue_it()
+        return ticket, fut
+
+    def preempt(self) -> None:
+        """Cancel all speculative work (queued: skipped; running: stops within one token)."""
+        for ticket in list(self._speculative):
+            ticket.cancel("preempted")
+        self._speculative.clear()
+
+    async def wait_for(self, key: Hashable, fut: "asyncio.Future[Any]") -> Outcome:
+        """Await `fut` (speculative work) as the request for `key`: a newer request for `key` supersedes it."""
+        ticket = Ticket(key)
+        previous = self._latest.get(key)
+        if previous is not None:
+            previous.cancel("superseded")
+        self._latest[key] = ticket
+        waiter = asyncio.ensure_future(ticket._async_cancelled.wait())
+        try:
+            await asyncio.wait({fut, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            ticket.cancel("cancelled")
+            raise
+        finally:
+            waiter.cancel()
+            if self._latest.get(key) is ticket:
+                del self._latest[key]
+        if not fut.done() or ticket.is_cancelled():
+            return Outcome(status=ticket.reason or "superseded")
+        if fut.cancelled() or fut.exception() is not None or fut.result() is None:
+            return Outcome(status="cancelled")
+        (value,) = fut.result()
+        return Outcome(value=value)
 
     async def run(
         self,
@@ -149,7 +239,7 @@ class Scheduler:
                 return Outcome(status=ticket.reason or "superseded")
             loop = asyncio.get_running_loop()
             fut: asyncio.Future[Any] = loop.create_future()
-            self._jobs.put(_Job(make_work(ticket), fut, loop, ticket))
+            self._put(_Job(make_work(ticket), fut, loop, ticket))
             waiter = asyncio.ensure_future(ticket._async_cancelled.wait())
             try:
                 await asyncio.wait({fut, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -185,6 +275,7 @@ class Scheduler:
             ticket.cancel("superseded")
 
     def cancel_all(self) -> None:
+        self.preempt()
         for ticket in list(self._latest.values()):
             ticket.cancel("cancelled")
 
@@ -199,7 +290,7 @@ class Scheduler:
         self.cancel_all()
         if not self._closed:
             self._closed = True
-            self._jobs.put(None)
+            self._jobs.put((STOP, next(self._order), None))
         if wait > 0:
             self._thread.join(wait)
         return not self._thread.is_alive()

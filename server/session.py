@@ -20,16 +20,19 @@ from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
-from keystroke.engine.api import Backend, CompletionResult
+from keystroke.engine.api import Backend, CompletionRequest, CompletionResult
 from keystroke.engine.errors import KeystrokeError
 from keystroke.server import pipeline
+from keystroke.server.acceptance import AcceptanceStats
 from keystroke.server.config import Config, engine_changed, parse_config
 from keystroke.server.context import DocumentView
+from keystroke.server.debounce import TypingPace
 from keystroke.server.metrics import LatencyRecord
 from keystroke.server.positions import Snapshot, clean_text, document_problem, lsp_lines, position_to_offset
 from keystroke.server.protocol import KeystrokeProtocol, short_error
 from keystroke.server.scheduler import Outcome, Scheduler, Ticket
 from keystroke.server.secrets import redact_secrets
+from keystroke.server.speculation import Answer, Guess, Guesses, extends
 
 log = logging.getLogger("keystroke.lsp")
 
@@ -76,6 +79,9 @@ class KeystrokeServer(LanguageServer):
         self.scheduler = Scheduler()
         self.record = LatencyRecord()
         self.shown = pipeline.TypedThrough()
+        self.acceptance = AcceptanceStats()
+        self.guesses = Guesses()            # the suggestion after an accept, computed ahead
+        self.pace = TypingPace()            # the user's typing intervals, for the adaptive debounce
         self.backend: Backend | None = None
         self.engine_state = "loading"       # loading | ready | failed
         self.engine_error: str | None = None
@@ -166,6 +172,7 @@ class KeystrokeServer(LanguageServer):
         if doc is None:
             log.warning("didChange for a document that is not open: %s", redact_secrets(str(uri))[:200])
             return
+        old = doc.source
         for change in params.content_changes:
             new = clean_text(change.text)
             text = _edited(doc, change.range, new) \
@@ -182,6 +189,9 @@ class KeystrokeServer(LanguageServer):
                     self._refuse(uri, problem)
                     return
         doc.version = params.text_document.version
+        self.pace.keystroke()
+        self.acceptance.changed(uri, old, doc.source)
+        self.guesses.changed(uri, doc.source)
         if log.isEnabledFor(logging.DEBUG):  # lets a test (or a bug report) compare copies
             log.debug("%s is version %s: %d characters, crc32 %08x", display_uri(uri), doc.version,
                       len(doc.source), zlib.crc32(doc.source.encode("utf-8")))
@@ -189,6 +199,8 @@ class KeystrokeServer(LanguageServer):
     def close_document(self, uri: str) -> None:
         self.refused.pop(uri, None)
         self.shown.forget(uri)
+        self.acceptance.closed(uri)
+        self.guesses.drop(uri)
         if self.find_document(uri) is not None:
             self.workspace.remove_text_document(uri)
         backend = self.backend
@@ -198,6 +210,8 @@ class KeystrokeServer(LanguageServer):
     def _refuse(self, uri: str, problem: str) -> None:
         self.refused[uri] = problem
         self.shown.forget(uri)
+        self.acceptance.closed(uri)
+        self.guesses.drop(uri)
         if self.find_document(uri) is not None:
             self.workspace.remove_text_document(uri)
         name = uri.rsplit("/", 1)[-1][:120]
@@ -211,6 +225,7 @@ class KeystrokeServer(LanguageServer):
         self.engine_state = "loading"
         self.backend = None
         self.shown.forget()
+        self.guesses.drop()
         config = self.config
         token = await self._begin_progress(f"loading {config.model}")
         started = time.perf_counter()
@@ -310,6 +325,13 @@ class KeystrokeServer(LanguageServer):
             return self.engine_state
         return None
 
+    def debounce_ms(self) -> float:
+        """The wait before an Automatic request runs: `debounceMs` when set, else from the user's typing."""
+        c = self.config
+        if c.debounce_ms is not None:
+            return float(c.debounce_ms)
+        return self.pace.debounce_ms(c.debounce_min_ms, max(c.debounce_min_ms, c.debounce_max_ms))
+
     def view(self, snap: Snapshot, text: str | None = None) -> DocumentView:
         return DocumentView(snap.uri, snap.text if text is None else text, snap.language_id, snap.path)
 
@@ -325,46 +347,108 @@ class KeystrokeServer(LanguageServer):
             return None
         return Path(root) if root else None
 
+    def _work(self, doc: DocumentView, offset: int, others: list[DocumentView], n: int, ticket: Ticket,
+              config: Config, backend: Backend, *,
+              speculating_after: CompletionRequest | None = None) -> Callable[[], Answer | None]:
+        """The worker's job for one cursor: plan, engine, post-process (the pipeline's three steps).
+
+        Speculative work (`speculating_after`: the request whose suggestion is
+        assumed accepted) gives up, with None, before the engine runs when its
+        prompt is not that request's plus the suggestion: the engine's prefill
+        does not stop for cancellation, so only a prefill of about the
+        suggestion's own tokens keeps a user's request from waiting on it."""
+        root = self.workspace_root()
+
+        def work() -> Answer | None:
+            plan = pipeline.plan(doc, offset, others, config, n=n, count_tokens=backend.count_tokens,
+                                 workspace_root=root, is_cancelled=ticket.is_cancelled)
+            if speculating_after is not None:
+                if not extends(speculating_after, plan.request):
+                    return None
+            else:
+                self.record.add_context(plan.provenance)
+                log.debug("context for %s: %s", display_uri(doc.uri), describe_provenance(plan.provenance))
+            result = backend.complete(plan.request)
+            return Answer(result, pipeline.finish(result, plan), plan.mode, plan.request)
+        return work
+
     async def suggest(self, snap: Snapshot, text: str, offset: int, *, feature: str, n: int,
                       debounce_ms: float) -> Suggestions:
         """Suggestions at `offset` of `text` (the snapshot's text, possibly
         with a selected completion applied): the rest of the last suggestion
-        when the user typed into it, else the pipeline's answer from the model."""
+        when the user typed into it, the guess made for this state after an
+        accept, else the pipeline's answer from the model."""
         key = (snap.uri, feature)
         if (rest := self.shown.rest(snap.uri, text, offset, n)) is not None:
             self.scheduler.supersede(key)
             self.record.add_typed_through()
             self.shown.remember(snap.uri, text, offset, rest)
             return Suggestions(rest, "typed_through")
-        config, backend = self.config, self.backend
-        doc, others, root = self.view(snap, text), self.other_documents(snap.uri), self.workspace_root()
-
-        def make_work(ticket: Ticket) -> Callable[[], Any]:
-            def work() -> tuple[CompletionResult, list[str]]:
-                plan = pipeline.plan(doc, offset, others, config, n=n, count_tokens=backend.count_tokens,
-                                     workspace_root=root, is_cancelled=ticket.is_cancelled)
-                self.record.add_context(plan.provenance)
-                log.debug("context for %s: %s", display_uri(snap.uri), describe_provenance(plan.provenance))
-                result = backend.complete(plan.request)
-                return result, pipeline.finish(result, plan)
-            return work
-
+        if n == 1 and (guess := self.guesses.find(snap.uri, text, offset)) is not None:
+            found = await self._from_guess(snap, key, guess, text, offset)
+            if found is not None:
+                return found
+        doc, others, config, backend = self.view(snap, text), self.other_documents(snap.uri), self.config, self.backend
         try:
-            outcome: Outcome = await self.scheduler.run(key, make_work, debounce_ms=debounce_ms)
+            outcome: Outcome = await self.scheduler.run(
+                key, lambda ticket: self._work(doc, offset, others, n, ticket, config, backend),
+                debounce_ms=debounce_ms)
         except asyncio.CancelledError:   # $/cancelRequest
             self.record.count("cancelled")
             raise
         if outcome.status != "done":
             return Suggestions([], outcome.status)
-        result, texts = outcome.value
+        result, texts, mode, request = outcome.value
         self.record.add_result(result)
         if result.error:
             log.warning("engine error: %s", result.error)
             return Suggestions([], "error", result)
         if self.current_version(snap.uri) != snap.version:
             return Suggestions([], "stale", result)
-        self.shown.remember(snap.uri, text, offset, texts)
+        self._shown(snap, text, offset, texts, n, mode, request)
         return Suggestions(texts, "served", result)
+
+    async def _from_guess(self, snap: Snapshot, key: Any, guess: Guess, text: str, offset: int) -> Suggestions | None:
+        """The guess's answer (waiting for it if it still runs); None when it has none to give."""
+        joined = not guess.future.done()
+        outcome = await self.scheduler.wait_for(key, guess.future)
+        if outcome.status == "superseded":
+            return Suggestions([], "superseded")
+        if outcome.status != "done" or outcome.value is None:   # preempted, or gave up as too costly
+            return None
+        result, texts, mode, request = outcome.value
+        if result.error or any(c.stop_reason == "cancelled" for c in result.candidates):
+            return None
+        self.guesses.counts["joined" if joined else "answered"] += 1
+        self.record.add_result(result)
+        if self.current_version(snap.uri) != snap.version:
+            return Suggestions([], "stale", result)
+        self._shown(snap, text, offset, texts, 1, mode, request)
+        return Suggestions(texts, "speculated", result)
+
+    def _shown(self, snap: Snapshot, text: str, offset: int, texts: list[str], n: int, mode: str,
+               request: CompletionRequest) -> None:
+        """Suggestions go to the client: remember them, count them, and guess what follows their accept."""
+        self.shown.remember(snap.uri, text, offset, texts)
+        self.acceptance.shown(snap.uri, text, offset, texts[:n], language_id=snap.language_id, mode=mode)
+        if n == 1 and texts and self.config.speculate and self.backend is not None:
+            before, after, suggestion = text[:offset], text[offset:], texts[0]
+            doc = self.view(snap, before + suggestion + after)
+            others, config, backend = self.other_documents(snap.uri), self.config, self.backend
+            # Start once the user has paused longer than most of their typing intervals: a keystroke
+            # before then cancels it unstarted, so typing never waits behind its prefill.
+            delay_ms = self.pace.debounce_ms(config.debounce_min_ms, max(config.debounce_min_ms,
+                                                                         config.debounce_max_ms))
+            ticket, fut = self.scheduler.speculate(
+                lambda t: self._work(doc, len(before) + len(suggestion), others, 1, t, config, backend,
+                                     speculating_after=request), delay_s=delay_ms / 1000)
+            fut.add_done_callback(_log_failure)
+            self.guesses.add(snap.uri, Guess(before, suggestion, after, ticket, fut))
+
+
+def _log_failure(fut: "asyncio.Future[Any]") -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("speculative completion failed", exc_info=fut.exception())
 
 
 def _fs_path(uri: str) -> Path | None:

@@ -136,12 +136,13 @@ server per buffer."
   (let* ((server (plist-get status :server))
          (latency (plist-get server :latency))
          (reuse (plist-get (plist-get server :reuse) :reused_ratio))
-         (lines (list (format "keystroke: %s (%s)" (keystroke--show (plist-get status :state))
-                              (if (eq (plist-get status :enabled) t) "on" "off"))
-                      (format "model: %s  device: %s  dtype: %s"
+         ;; Built in reverse (each line is pushed), turned round at the end.
+         (lines (list (format "model: %s  device: %s  dtype: %s"
                               (keystroke--show (plist-get status :model))
                               (keystroke--show (plist-get status :device))
-                              (keystroke--show (plist-get status :dtype))))))
+                              (keystroke--show (plist-get status :dtype)))
+                      (format "keystroke: %s (%s)" (keystroke--show (plist-get status :state))
+                              (if (eq (plist-get status :enabled) t) "on" "off")))))
     (when-let ((err (plist-get status :error)))
       (push (format "error: %s" err) lines))
     (cl-loop for (feature stats) on latency by #'cddr
@@ -153,7 +154,27 @@ server per buffer."
                       lines))
     (when (numberp reuse)
       (push (format "KV-cache reuse: %d%% of prompt tokens" (round (* 100 reuse))) lines))
+    (when-let ((acceptance (keystroke-format-acceptance (plist-get status :acceptance))))
+      (push acceptance lines))
     (string-join (nreverse lines) "\n")))
+
+(defun keystroke--percent (value)
+  (if (numberp value) (format "%d%%" (round (* 100 value))) "-"))
+
+(defun keystroke-format-acceptance (acceptance)
+  "The acceptance line of ACCEPTANCE (the `acceptance' of keystroke.status), or nil.
+The counts are kept by the server on this machine only."
+  (when-let ((total (plist-get acceptance :total)))
+    (format "acceptance: %s of %s suggestions (%s); whole %s, word %s, line %s; typed through %s; kept %s at 30 s, %s at 5 min"
+            (keystroke--show (plist-get total :accepted))
+            (keystroke--show (plist-get total :shown))
+            (keystroke--percent (plist-get total :acceptance_rate))
+            (keystroke--show (plist-get total :accepted_whole))
+            (keystroke--show (plist-get total :accepted_word))
+            (keystroke--show (plist-get total :accepted_line))
+            (keystroke--show (plist-get total :typed_through))
+            (keystroke--percent (plist-get total :kept_30s))
+            (keystroke--percent (plist-get total :kept_5m)))))
 
 (defun keystroke-status ()
   "Show the server's state: model, device, latency, cache reuse.

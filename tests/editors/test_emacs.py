@@ -110,3 +110,11 @@ def test_emacs_eglot_completion_preview_and_actions(tmp_path: Path) -> None:
     assert r["final_text"] == d["after"]["text"]
 
     assert "keystroke: ready (on)" in r["status_text"] and DEFAULT_MODEL in r["status_text"]
+    # The accepts above (a completion item; a word, then the rest) are counted from eglot's didChange
+    # alone. eglot sends the changes of M-f and TAB in one didChange (it waits for idle time or the next
+    # request), so the server sees the second accept whole.
+    m = re.search(r"^acceptance: (\d+) of (\d+) suggestions \(\d+%\); whole (\d+), word (\d+), line (\d+); "
+                  r"typed through \d+; kept - at 30 s, - at 5 min$", r["status_text"], re.M)
+    assert m, r["status_text"]
+    accepted, shown, whole, word, line = map(int, m.groups())
+    assert 2 <= accepted <= shown and whole >= 1 and whole + word + line >= 2, r["status_text"]

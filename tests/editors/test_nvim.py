@@ -150,6 +150,20 @@ def test_nvim_ghost_text_accept_word_line_and_all(tmp_path: Path) -> None:
     assert status["server"]["outcomes"].get("served", 0) >= 3
     assert any(m.startswith(f"keystroke: ready (on)\nmodel: {DEFAULT_MODEL}") for m in result["notified"])
 
+    # The server counted the three accepts from the edits alone; :KeystrokeStatus showed them.
+    # (A line accept that takes the rest of a one-line suggestion counts as whole.)
+    total = status["acceptance"]["total"]
+    assert total["accepted_word"] >= 1 and total["accepted_whole"] >= 1, total
+    assert total["accepted_word"] + total["accepted_line"] + total["accepted_whole"] == 3, total
+    assert total["accepted"] >= 2 and total["shown"] >= total["accepted"]
+    # vim.lsp.inline_completion.get() (the <Tab>) ran the item's command (LSP 3.18): Neovim confirmed it.
+    assert total["confirmed"] >= 1, total
+    line = (f"acceptance: {total['accepted']} of {total['shown']} suggestions "
+            f"({round(100 * total['acceptance_rate'])}%); whole {total['accepted_whole']}, "
+            f"word {total['accepted_word']}, line {total['accepted_line']}; typed through {total['typed_through']}; "
+            "kept - at 30 s, - at 5 min")
+    assert any(line in m.split("\n") for m in result["notified"]), (line, result["notified"])
+
 
 def lua_list(items: list[str]) -> str:
     return "{ " + ", ".join(json.dumps(x) for x in items) + " }"

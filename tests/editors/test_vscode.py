@@ -2,7 +2,8 @@
 playwright-core) with the keystroke .vsix installed offline: open a Python
 file, type, keystroke's ghost text appears, Tab accepts it, the saved file
 holds exactly the typed text plus the ghost text shown; the status bar went
-from loading to ready and shows a latency; "keystroke: Show stats" works.
+from loading to ready and shows a latency and the accept; "keystroke: Show stats" works and
+shows the acceptance counts.
 
 The browser side is editors/vscode/test/e2e.mjs. Screenshots land in
 artifacts/vscode/ (gitignored).
@@ -58,6 +59,7 @@ def test_vscode_ghost_text_accepted_with_tab(tmp_path: Path) -> None:
                                 f"--- server log:\n{server_log_tail(log_file)}")
 
     assert r["installed"] == ["keystroke.keystroke-0.1.0"], "the .vsix did not install"
+    assert log_file.exists(), "the extension did not start the configured server (keystroke.server.command)"
     assert "keystroke" in r["status_ready"] and not re.search("loading|stopped|failed", r["status_ready"])
 
     # The saved file: the typed "m" and then exactly the ghost text shown.
@@ -71,8 +73,16 @@ def test_vscode_ghost_text_accepted_with_tab(tmp_path: Path) -> None:
     assert r["ghost_after_tab"] == 0, "ghost text still shown after Tab"
 
     # The status bar shows the last latency; "Show stats" printed the server's status.
-    assert re.fullmatch(r"keystroke \d+ ms", r["status_after"]), r["status_after"]
+    # After the Tab, the status item counts the accept (server/acceptance.py) next to the latency.
+    m = re.fullmatch(r"keystroke \d+ ms, (\d+)/(\d+) accepted", r["status_after"])
+    assert m and 1 <= int(m.group(1)) <= int(m.group(2)), (r["status_after"], r["stats_lines"])
     assert any("keystroke: ready (on)" in line for line in r["stats_lines"]), r["stats_lines"]
+    acceptance = [line for line in r["stats_lines"] if line.startswith("acceptance: ")]
+    assert acceptance, r["stats_lines"]
+    # (the output panel wraps the line: its start is enough)
+    m = re.match(r"acceptance: (\d+) of (\d+) suggestions \(\d+%\); whole (\d+), word \d+, line \d+; ",
+                 acceptance[-1])
+    assert m and int(m.group(1)) >= 1 and int(m.group(3)) >= 1, acceptance[-1]
     for shot in ("vscode-ghost-text.png", "vscode-accepted.png", "vscode-stats.png"):
         data = (artifacts / shot).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000, shot

@@ -161,3 +161,62 @@ async def test_worker_errors_become_error_outcomes(scheduler, caplog):
     with pytest.raises(ZeroDivisionError):
         await scheduler.call(lambda: 1 / 0)
     assert (await scheduler.run(("a", "x"), Decoder(steps=1).work("ok"))).status == "done"
+
+
+# -- speculation: the lowest priority, preempted by any user request -------
+
+async def test_speculation_waits_for_queued_user_requests(scheduler):
+    busy = Decoder(steps=20, step_s=0.005)
+    blocker = asyncio.ensure_future(scheduler.run(("a", "x"), busy.work("blocker")))
+    await asyncio.get_running_loop().run_in_executor(None, busy.started.wait, 5)
+    order: list[str] = []
+    spec = Decoder(steps=2, step_s=0)
+    _, fut = scheduler.speculate(lambda t: (lambda: order.append("speculation") or spec.work("s")(t)()))
+    user = asyncio.ensure_future(scheduler.run(("b", "x"), lambda t: (lambda: order.append("user"))))
+    await blocker
+    await user
+    # the user request queued after the speculation cancelled it: it never ran
+    assert await fut is None and order == ["user"]
+
+
+async def test_speculation_runs_when_idle_and_can_be_awaited(scheduler):
+    _, fut = scheduler.speculate(Decoder(steps=3, step_s=0).work("s"))
+    out = await scheduler.wait_for(("a", "x"), fut)
+    assert out.status == "done" and out.value == ("s", 3)
+
+
+async def test_user_request_waits_at_most_one_step_behind_speculation(scheduler):
+    step = 0.04
+    spec = Decoder(steps=1000, step_s=step)
+    ticket, fut = scheduler.speculate(spec.work("s"))
+    await asyncio.get_running_loop().run_in_executor(None, spec.started.wait, 5)
+    await asyncio.sleep(step * 2.5)
+    t0 = time.perf_counter()
+    out = await scheduler.run(("a", "x"), Decoder(steps=1, step_s=0).work("user"))
+    waited = time.perf_counter() - t0
+    assert out.status == "done" and ticket.is_cancelled()
+    assert waited < step * 1.5 + 0.02, f"waited {waited * 1000:.0f} ms behind a {step * 1000:.0f} ms step"
+    assert len(scheduler.preempt_waits_ms) == 1 and scheduler.preempt_waits_ms[0] < (step * 1.5 + 0.02) * 1000
+    assert (await fut) == (("s", spec.tokens_after_cancel[0]),)
+
+
+async def test_a_newer_request_supersedes_one_waiting_on_speculation(scheduler):
+    spec = Decoder(steps=200, step_s=0.005)
+    _, fut = scheduler.speculate(spec.work("s"))
+    waiting = asyncio.ensure_future(scheduler.wait_for(("a", "x"), fut))
+    await asyncio.sleep(0.02)
+    newer = asyncio.ensure_future(scheduler.run(("a", "x"), Decoder(steps=1).work("newer")))
+    assert (await waiting).status == "superseded"
+    assert (await newer).status == "done"
+
+
+async def test_delayed_speculation_cancelled_before_its_delay_never_runs(scheduler):
+    spec = Decoder(steps=3, step_s=0)
+    ticket, fut = scheduler.speculate(spec.work("s"), delay_s=0.1)
+    await asyncio.sleep(0.02)
+    out = await scheduler.run(("a", "x"), Decoder(steps=1, step_s=0).work("user"))   # preempts it
+    assert out.status == "done" and ticket.is_cancelled()
+    assert await asyncio.wait_for(fut, 1) is None and spec.finished == []
+    assert not scheduler.preempt_waits_ms, "the user request never waited behind it"
+    _, later = scheduler.speculate(spec.work("t"), delay_s=0.05)
+    assert (await asyncio.wait_for(later, 1)) == (("t", 3),)

@@ -15,7 +15,8 @@ import {
 // Server settings: VS Code setting `keystroke.<key>` -> server key (same name).
 const SERVER_KEYS = [
   'enabled', 'model', 'device', 'threads', 'maxTokens', 'temperature', 'candidates',
-  'debounceMs', 'contextBudget', 'enabledLanguages', 'cacheDir', 'cacheSizeMb', 'engine',
+  'debounceMs', 'debounceMinMs', 'debounceMaxMs', 'speculate', 'contextBudget', 'enabledLanguages', 'cacheDir',
+  'cacheSizeMb', 'engine',
 ] as const;
 
 interface Status {
@@ -29,7 +30,21 @@ interface Status {
     latency?: Record<string, { count: number; p50_ms: number | null; p90_ms: number | null }>;
     reuse?: { reused_ratio?: number | null };
   };
+  acceptance?: { total?: AcceptanceCounts };
   [key: string]: unknown;
+}
+
+/** The server's acceptance counts (server/acceptance.py), kept on this machine only. */
+interface AcceptanceCounts {
+  shown: number;
+  accepted: number;
+  accepted_whole: number;
+  accepted_word: number;
+  accepted_line: number;
+  typed_through: number;
+  acceptance_rate: number | null;
+  kept_30s: number | null;
+  kept_5m: number | null;
 }
 
 let client: LanguageClient | undefined;
@@ -38,6 +53,7 @@ let output: vscode.LogOutputChannel;
 let lastStatus: Status | undefined;
 let lastLatencyMs: number | undefined;
 let pollTimer: NodeJS.Timeout | undefined;
+let refreshTimer: NodeJS.Timeout | undefined;
 
 /** The settings the server understands, from VS Code's `keystroke.*` (unset ones left out). */
 export function serverSettings(config = vscode.workspace.getConfiguration('keystroke')): Record<string, unknown> {
@@ -69,6 +85,7 @@ function createClient(): LanguageClient {
         if (!token.isCancellationRequested && result) {
           lastLatencyMs = Date.now() - started;
           render();
+          refreshStatusSoon();
         }
         return result;
       },
@@ -104,6 +121,10 @@ function render(): void {
     text = 'keystroke: off';
   } else if (lastLatencyMs !== undefined) {
     text = `keystroke ${lastLatencyMs} ms`;
+    const t = s.acceptance?.total;
+    if (t && t.shown > 0) {
+      text += `, ${t.accepted}/${t.shown} accepted`;
+    }
   }
   statusItem.text = `${icon} ${text}`;
   const lines = [`model: ${s?.model ?? '?'} on ${s?.device ?? '?'} (${s?.dtype ?? '?'})`];
@@ -112,6 +133,10 @@ function render(): void {
   }
   if (lastLatencyMs !== undefined) {
     lines.push(`last suggestion: ${lastLatencyMs} ms`);
+  }
+  const acceptance = formatAcceptance(s);
+  if (acceptance) {
+    lines.push(acceptance);
   }
   lines.push('click: turn completions on/off');
   statusItem.tooltip = lines.join('\n');
@@ -127,6 +152,18 @@ async function refreshStatus(): Promise<Status | undefined> {
   }
   render();
   return lastStatus;
+}
+
+/** Ask for the status shortly after suggestions and edits (accepts are counted from
+ * the edits), at most once per pause: the status item shows the acceptance counts. */
+function refreshStatusSoon(): void {
+  if (refreshTimer) {
+    clearTimeout(refreshTimer);
+  }
+  refreshTimer = setTimeout(() => {
+    refreshTimer = undefined;
+    void refreshStatus();
+  }, 300);
 }
 
 /** Ask for the status every second while the model loads (the spinner), then stop. */
@@ -158,7 +195,26 @@ export function formatStatus(s: Status): string {
   if (typeof reuse === 'number') {
     lines.push(`KV-cache reuse: ${Math.round(reuse * 100)}% of prompt tokens`);
   }
+  const acceptance = formatAcceptance(s);
+  if (acceptance) {
+    lines.push(acceptance);
+  }
   return lines.join('\n');
+}
+
+function percent(v: number | null | undefined): string {
+  return typeof v === 'number' ? `${Math.round(v * 100)}%` : '-';
+}
+
+/** The acceptance line of a status answer, or undefined when the server has none. */
+export function formatAcceptance(s: Status | undefined): string | undefined {
+  const t = s?.acceptance?.total;
+  if (!t) {
+    return undefined;
+  }
+  return `acceptance: ${t.accepted} of ${t.shown} suggestions (${percent(t.acceptance_rate)}); `
+    + `whole ${t.accepted_whole}, word ${t.accepted_word}, line ${t.accepted_line}; `
+    + `typed through ${t.typed_through}; kept ${percent(t.kept_30s)} at 30 s, ${percent(t.kept_5m)} at 5 min`;
 }
 
 async function start(context: vscode.ExtensionContext): Promise<void> {
@@ -181,6 +237,9 @@ async function stop(): Promise<void> {
   if (pollTimer) {
     clearTimeout(pollTimer);
   }
+  if (refreshTimer) {
+    clearTimeout(refreshTimer);
+  }
   const c = client;
   client = undefined;
   lastStatus = undefined;
@@ -196,6 +255,11 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   statusItem.command = 'keystroke.toggleEnabled';
   statusItem.show();
   context.subscriptions.push(output, statusItem);
+  context.subscriptions.push(vscode.workspace.onDidChangeTextDocument((e) => {
+    if (lastLatencyMs !== undefined && e.document.uri.scheme === 'file' && e.contentChanges.length > 0) {
+      refreshStatusSoon();
+    }
+  }));
 
   context.subscriptions.push(
     vscode.commands.registerCommand('keystroke.toggleEnabled', async () => {

@@ -74,6 +74,15 @@ fs.writeFileSync(path.join(userData, 'User', 'settings.json'), JSON.stringify({
   'chat.disableAIFeatures': true,
 }, null, 2));
 
+// code-server is a remote window: it reads settings scoped "machine-overridable" (the server
+// command) from the machine settings and ignores them in the user's. Without this, the extension
+// starts whatever `keystroke` is first on PATH.
+fs.mkdirSync(path.join(userData, 'Machine'), { recursive: true });
+fs.writeFileSync(path.join(userData, 'Machine', 'settings.json'), JSON.stringify({
+  'keystroke.server.command': env('KS_SERVER_COMMAND'),
+  'keystroke.server.args': JSON.parse(env('KS_SERVER_ARGS')),
+}, null, 2));
+
 let server;
 let browser;
 let page;
@@ -196,7 +205,7 @@ async function main() {
   await page.waitForFunction(() => [...document.querySelectorAll('.part.panel .view-line')]
     .some((e) => e.textContent.replace(/\u00a0/g, ' ').includes('keystroke: ready')), null, { timeout: 30000 });
   record.stats_lines = await outputView.evaluate((root) =>
-    [...root.querySelectorAll('.view-line')].map((e) => e.textContent.replace(/\u00a0/g, ' ')).slice(0, 12));
+    [...root.querySelectorAll('.view-line')].map((e) => e.textContent.replace(/\u00a0/g, ' ')));
   await page.screenshot({ path: path.join(artifacts, 'vscode-stats.png') });
   log('stats shown');
 }

@@ -87,7 +87,27 @@ function M.format_status(s)
   if type(reuse.reused_ratio) == 'number' then
     table.insert(lines, ('KV-cache reuse: %.0f%% of prompt tokens'):format(100 * reuse.reused_ratio))
   end
+  local acceptance = M.format_acceptance(s.acceptance)
+  if acceptance then
+    table.insert(lines, acceptance)
+  end
   return lines
+end
+
+local function percent(v)
+  return type(v) == 'number' and ('%.0f%%'):format(100 * v) or '-'
+end
+
+--- The acceptance line of a keystroke.status answer (counts kept on this machine), or nil.
+function M.format_acceptance(a)
+  local t = type(a) == 'table' and type(a.total) == 'table' and a.total or nil
+  if not t then
+    return nil
+  end
+  return ('acceptance: %s of %s suggestions (%s); whole %s, word %s, line %s; typed through %s; '
+    .. 'kept %s at 30 s, %s at 5 min'):format(show(t.accepted), show(t.shown), percent(t.acceptance_rate),
+    show(t.accepted_whole), show(t.accepted_word), show(t.accepted_line), show(t.typed_through),
+    percent(t.kept_30s), percent(t.kept_5m))
 end
 
 function M.status()
