@@ -26,7 +26,7 @@ from .loading.registry import DEFAULT_MODEL, resolve
 from .model import Transformer
 from .paths import cache_root
 from .loading import packed
-from .quantize import Packer, pick_quant
+from .quantize import KERNELS, Packer, pick_quant
 
 log = logging.getLogger("keystroke.engine")
 
@@ -108,7 +108,7 @@ class Engine:
             if close is not None:
                 close()               # drop the file (and anything not consumed)
             ckpt.weights = {}
-        fp = f"{ckpt.fingerprint}:{quant}:{dev.type}"
+        fp = f"{ckpt.fingerprint}:{KERNELS.get(quant, quant)}:{dev.type}"
         # K/V go to disk as fp32: fp16 changed Gemma's greedy output after a restore
         # (beyond a near-tie) in tests/engine/test_cache_equivalence_real.py.
         store = KVStore(fp, ckpt.cfg, memory_budget_mb=memory_budget_mb,

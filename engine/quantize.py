@@ -25,6 +25,9 @@ from torch import nn
 from .errors import KeystrokeError
 
 QUANTS = ("int8", "fp16", "fp32", "bf16")
+# Part of every cache key (KV entries on disk, responses): bumped when a format's kernels
+# change its results, so that nothing computed by the old ones is mixed with the new.
+KERNELS = {"int8": "int8-intmm-v2"}
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
