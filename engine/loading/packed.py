@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..model import ModelConfig, Transformer, rope_inv_freq
 from ..quantize import Int8Embedding, Int8Linear, Packer
@@ -74,12 +73,35 @@ def save(model: Transformer, path: Path, key: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
-        save_file(unique, str(partial), metadata=meta)
+        _write_safetensors(partial, unique, meta)
         os.replace(partial, path)
     except OSError as exc:
         log.warning("could not cache the packed weights in %s: %s", path, exc)
     finally:
         partial.unlink(missing_ok=True)
+
+
+_DTYPES = {torch.int8: "I8", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+           torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8"}
+
+
+def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """The safetensors layout, written tensor by tensor (safetensors' save_file first copies every
+    tensor into a bytes object: the whole model twice in memory)."""
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for name, t in tensors.items():
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)   # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for t in tensors.values():
+            if t.numel():
+                f.write(memoryview(t.contiguous().view(torch.uint8).numpy()))
 
 
 def load(path: Path, key: str, cfg: ModelConfig) -> Transformer | None:
