@@ -38,7 +38,13 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Int8Linear(nn.Module):
-    """y = x W^T (+ b) with int8 W (one scale per output row) and int8 activations (one scale per token)."""
+    """y = x W^T (+ b) with int8 W (one scale per output row) and int8 activations (one scale per token).
+
+    With `fine`, each activation row is two int8 rows, x ~ s1 q1 + s2 q2 (q2 quantizes
+    what q1 missed), multiplied in one `_int_mm` call: ~15-bit activations, still an
+    exact integer sum, for the price of a second row, which costs little where reading
+    the weights dominates (one token at a time).
+    """
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -46,6 +52,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", weight)   # (out, in) int8
         self.register_buffer("scale", scale)     # (out,) fp32
         self.register_buffer("bias", bias)       # (out,) fp32 or None
+        self.fine = False
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "Int8Linear":
@@ -61,8 +68,15 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        xq, xs = quantize_rows(x.reshape(-1, shape[-1]))
-        y = torch._int_mm(xq, self.weight.t()).float().mul_(xs).mul_(self.scale)
+        x2 = x.reshape(-1, shape[-1])
+        xq, xs = quantize_rows(x2)
+        if self.fine:
+            rq, rs = quantize_rows(x2 - xq.float() * xs)
+            both = torch._int_mm(torch.cat([xq, rq]), self.weight.t()).float()
+            m = x2.shape[0]
+            y = both[:m].mul_(xs).add_(both[m:].mul_(rs)).mul_(self.scale)
+        else:
+            y = torch._int_mm(xq, self.weight.t()).float().mul_(xs).mul_(self.scale)
         if self.bias is not None:
             y.add_(self.bias)
         return y.view(*shape[:-1], self.out_features)
