@@ -40,10 +40,12 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Int8Linear(nn.Module):
     """y = x W^T (+ b) with int8 W (one scale per output row) and int8 activations (one scale per token).
 
-    With `fine`, each activation row is two int8 rows, x ~ s1 q1 + s2 q2 (q2 quantizes
-    what q1 missed), multiplied in one `_int_mm` call: ~15-bit activations, still an
-    exact integer sum, for the price of a second row, which costs little where reading
-    the weights dominates (one token at a time).
+    With `fine` (the default), each activation row is two int8 rows, x ~ s1 q1 + s2 q2
+    (q2 quantizes what q1 missed), multiplied in one `_int_mm` call: ~15-bit
+    activations, still an exact integer sum, for the price of a second row, which
+    costs little where reading the weights dominates (one token at a time).
+    Measured (argmax of int8 vs fp32 logits over 512 tokens of argparse.py):
+    Gemma 3 270M 88.1% with one int8 row, 96.9% with two.
     """
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> None:
@@ -52,7 +54,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", weight)   # (out, in) int8
         self.register_buffer("scale", scale)     # (out,) fp32
         self.register_buffer("bias", bias)       # (out,) fp32 or None
-        self.fine = False
+        self.fine = True
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "Int8Linear":
