@@ -82,6 +82,24 @@ def side_llamacpp(model: str, n_prompt: int, n_decode: int, threads: int, starte
             "decode_tok_s": t["predicted_per_second"]}
 
 
+def agreement(model: str, n_prompt: int, threads: int) -> float:
+    """Share of `n_prompt` positions of argparse.py where int8 and fp32 logits have the same argmax."""
+    import torch
+
+    from keystroke.engine import Engine
+    top = {}
+    for quant in ("fp32", "int8"):
+        engine = Engine.load(model, quant=quant, threads=threads, persist=False)
+        ids = engine.tokenizer.encode(SOURCE.read_text())[:n_prompt - int(engine.tokenizer.add_bos)]
+        if engine.tokenizer.add_bos:
+            ids = [engine.tokenizer.bos_id] + ids
+        with torch.inference_mode():
+            logits = engine.model(torch.tensor([ids]), engine.model.new_cache(capacity=len(ids)), last_only=False)
+        top[quant] = logits[0].argmax(-1)
+        del engine, logits
+    return (top["fp32"] == top["int8"]).float().mean().item()
+
+
 def run_side(side: str, model: str, args: argparse.Namespace, cache_dir: str) -> dict:
     """One measurement in a fresh process; its start time is taken here, before the interpreter starts."""
     cmd = [sys.executable, __file__, "--side", side, "--models", model, "--threads", str(args.threads),
@@ -104,7 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--side", choices=("keystroke", "llamacpp"), help=argparse.SUPPRESS)
     ap.add_argument("--started", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--agreement", action="store_true",
+                    help="instead: how often int8 and fp32 logits agree on the top token (no llama.cpp)")
     args = ap.parse_args(argv)
+    if args.agreement:
+        for model in args.models:
+            print(f"{model}: int8 and fp32 argmax agree at {agreement(model, args.prompt, args.threads):.1%} "
+                  f"of {args.prompt} positions of {SOURCE.name}", flush=True)
+        return 0
     if args.side:   # a child: one measurement, one JSON line
         measure = side_keystroke if args.side == "keystroke" else side_llamacpp
         print(json.dumps(measure(args.models[0], args.prompt, args.decode, args.threads, args.started,
