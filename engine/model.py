@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cache.kvcache import KVCache
+from .quantize import Phase
 
 Family = Literal["llama", "qwen2", "gemma3"]
 FAMILIES: tuple[str, ...] = ("llama", "qwen2", "gemma3")
@@ -242,7 +243,15 @@ class Transformer(nn.Module):
         self._inv_freq = {t: rope_inv_freq(cfg, t) for t in thetas}
         self.act_dtype = torch.float32  # activations; the embedding table may be stored smaller
         self.exact_attention = False    # float64 attention: see the module docstring
+        self.phase = Phase()            # prompt or decode step, read by quantized linears
         self.requires_grad_(False)
+
+    def share_phase(self) -> "Transformer":
+        """Give every module that reads the phase (quantized linears) this model's flag."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "phase"):
+                module.phase = self.phase
+        return self
 
     def new_cache(self, batch: int = 1, capacity: int = 256, dtype: torch.dtype = torch.float32) -> KVCache:
         return KVCache(self.cfg, batch=batch, capacity=capacity, dtype=dtype, device=self.embed.weight.device)
@@ -280,6 +289,7 @@ class Transformer(nn.Module):
         rope = {t: tuple(c.to(self.act_dtype) for c in rope_cos_sin(inv, positions))
                 for t, inv in self._inv_freq.items()}
         exact = self.exact_attention and not decode
+        self.phase.decode = decode
         masks = {w: self._mask(start, T, w, tokens.device)
                  for w in {cfg.sliding_window if cfg.is_sliding(i) else None for i in range(cfg.n_layers)}}
         for i, block in enumerate(self.layers):
@@ -353,4 +363,4 @@ class Transformer(nn.Module):
                 block.ffn_post_norm.weight = param(take(p + "post_feedforward_layernorm.weight"))
             else:
                 block.ffn_norm.weight = param(take(p + "post_attention_layernorm.weight"))
-        return model
+        return model.share_phase()

@@ -30,6 +30,13 @@ QUANTS = ("int8", "fp16", "fp32", "bf16")
 KERNELS = {"int8": "int8-intmm-v2"}
 
 
+class Phase:
+    """Shared flag: True while the model runs single-token decode steps."""
+
+    def __init__(self) -> None:
+        self.decode = False
+
+
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per row of a 2-D tensor: (int8 values, fp32 scale per row, shape (rows, 1))."""
     amax = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True).clamp_(min=1e-30)
@@ -40,12 +47,15 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Int8Linear(nn.Module):
     """y = x W^T (+ b) with int8 W (one scale per output row) and int8 activations (one scale per token).
 
-    With `fine` (the default), each activation row is two int8 rows, x ~ s1 q1 + s2 q2
-    (q2 quantizes what q1 missed), multiplied in one `_int_mm` call: ~15-bit
-    activations, still an exact integer sum, for the price of a second row, which
-    costs little where reading the weights dominates (one token at a time).
-    Measured (argmax of int8 vs fp32 logits over 512 tokens of argparse.py):
-    Gemma 3 270M 88.1% with one int8 row, 96.9% with two.
+    With `fine` (the default), each activation row of a prompt is two int8 rows,
+    x ~ s1 q1 + s2 q2 (q2 quantizes what q1 missed), multiplied in one `_int_mm`
+    call: ~15-bit activations, still an exact integer sum. Measured (argmax of int8
+    vs fp32 logits over 512 tokens of argparse.py): Gemma 3 270M 88.1% with one
+    int8 row, 96.9% with two; Qwen2.5-Coder 0.5B 94.3% and 98.0%. Decode steps
+    (`phase.decode`, set by the Transformer) use one row: `_int_mm` with two rows
+    halved decode speed, and a decode step's K/V are not reused (Engine.keep_generated),
+    so they need not match a prefill's. This is the old fp16-prefill/int8-decode
+    trade-off, without a second copy of the weights.
     """
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> None:
@@ -55,6 +65,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale)     # (out,) fp32
         self.register_buffer("bias", bias)       # (out,) fp32 or None
         self.fine = True
+        self.phase: Phase | None = None          # shared with the Transformer (Transformer.share_phase)
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "Int8Linear":
@@ -72,7 +83,7 @@ class Int8Linear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         xq, xs = quantize_rows(x2)
-        if self.fine:
+        if self.fine and not (self.phase is not None and self.phase.decode):
             rq, rs = quantize_rows(x2 - xq.float() * xs)
             both = torch._int_mm(torch.cat([xq, rq]), self.weight.t()).float()
             m = x2.shape[0]

@@ -138,4 +138,4 @@ def _assemble(cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> Transformer
     model.load_state_dict(tensors, strict=True, assign=True)
     model._inv_freq = {t: rope_inv_freq(cfg, t) for t in model._inv_freq}
     model.requires_grad_(False)
-    return model
+    return model.share_phase()

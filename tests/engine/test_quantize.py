@@ -122,3 +122,20 @@ def test_int8_model_holds_one_int8_copy_of_each_weight(family_dir, tmp_path):
     params = sum(t.numel() for t in matrices)
     total = sum(t.numel() * t.element_size() for t in tensors)
     assert total < params * 1.2, (total, params)   # int8 plus small fp32 scales and norms
+
+
+def test_prompts_use_two_int8_rows_and_decode_steps_one(tiny_llama_dir, tmp_path):
+    """Every int8 linear reads the model's phase, whether converted now or mapped from the packed cache."""
+    for attempt in range(2):   # the first load converts and caches, the second maps the cache
+        model = _engine(tiny_llama_dir, tmp_path).model
+        linears = [m for m in model.modules() if isinstance(m, Int8Linear)]
+        assert linears and all(m.phase is model.phase and m.fine for m in linears), attempt
+        x = torch.randn(3, linears[0].in_features)
+        model.phase.decode = False
+        fine = linears[0](x)
+        model.phase.decode = True
+        coarse = linears[0](x)
+        model.phase.decode = False
+        exact = torch.nn.functional.linear(x, linears[0].weight.float() * linears[0].scale[:, None],
+                                           linears[0].bias)
+        assert (fine - exact).abs().max() < (coarse - exact).abs().max()
