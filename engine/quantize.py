@@ -27,7 +27,7 @@ from .errors import KeystrokeError
 QUANTS = ("int8", "fp16", "fp32", "bf16")
 # Part of every cache key (KV entries on disk, responses): bumped when a format's kernels
 # change its results, so that nothing computed by the old ones is mixed with the new.
-KERNELS = {"int8": "int8-intmm-v2"}
+KERNELS = {"int8": "int8-intmm-2rows-v3"}
 
 
 class Phase:
