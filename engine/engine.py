@@ -7,6 +7,7 @@ the cache back. It implements the `Backend` protocol of `api.py`.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,11 +21,12 @@ from .cache.kvstore import KVStore
 from .cache.responses import ResponseCache, make_key
 from .errors import KeystrokeError
 from .generate import generate
-from .loading.loader import load_checkpoint
+from .loading.loader import load_checkpoint, release_freed_memory
 from .loading.registry import DEFAULT_MODEL, resolve
 from .model import Transformer
 from .paths import cache_root
-from .quantize import pick_quant, quantize_model
+from .loading import packed
+from .quantize import KERNELS, Packer, pick_quant
 
 log = logging.getLogger("keystroke.engine")
 
@@ -33,6 +35,19 @@ PREFILL_CHUNK = 256
 # When a prompt is longer than the limit its start is cut, in steps of this
 # many tokens, so that the cut point (and with it the cache) moves rarely.
 TRUNCATE_STEP = 512
+
+
+def _progress(name: str, cached: bool):
+    """A reporter for the first conversion of a model's weights (stderr: the server's stdout is LSP)."""
+    state = {"last": -1}
+
+    def report(done: int, total: int) -> None:
+        pct = done * 100 // max(1, total)
+        if pct // 10 != state["last"] // 10 or done == total:
+            state["last"] = pct
+            later = " (cached for the next start)" if cached else ""
+            print(f"keystroke: converting {name} to int8: {pct}%{later}", file=sys.stderr, flush=True)
+    return report
 
 
 class Engine:
@@ -52,16 +67,10 @@ class Engine:
         self.store = store
         self.responses = responses
         self.max_prompt_tokens = min(max_prompt_tokens, self.cfg.max_seq_len)
-        # With int8 decode, generated tokens' K/V come from other kernels than a
-        # prefill would use: keeping them would make warm and cold differ.
+        # Generated tokens' K/V are kept for the next request only where decode steps compute
+        # them exactly as a prefill would (not int8's: see model.exact_attention).
         self.keep_generated = keep_generated
         self.template = fim.detect_template(tokenizer)
-        # int8 decode quantizes activations, which turns the ~1e-4 differences between
-        # prefills of different shapes into different greedy tokens. So with int8 every
-        # prompt position is computed in the same aligned block of this many tokens,
-        # warm or cold, making their K/V (and the decode after them) bit-identical;
-        # a request recomputes from the start of the block its first new token is in.
-        self.prefill_block = 32 if quant == "int8" else 1
         self._response_cache = response_cache
         self._lock = threading.Lock()
         self._counters = {"requests": 0, "response_cache_hits": 0,
@@ -73,10 +82,13 @@ class Engine:
     def load(cls, model: str | Path | None = None, *, quant: str = "auto", threads: int | None = None,
              device: str = "cpu", cache_dir: Path | None = None, memory_budget_mb: int = 1024,
              disk_budget_mb: int = 4096, persist: bool = True, max_prompt_tokens: int = 4096,
-             response_cache: bool = True) -> "Engine":
+             response_cache: bool = True, weights_cache: bool = True) -> "Engine":
         """Load a registered model name, a .gguf file or a Hugging Face folder.
 
         `response_cache=False` makes every request run the model (tests of the KV path).
+        `persist` is about documents (the KV-cache and responses on disk); the int8
+        weights are cached under `packed/` unless `weights_cache=False`, like built
+        tokenizers, because they depend only on the model file.
         """
         if threads:
             torch.set_num_threads(int(threads))
@@ -87,34 +99,57 @@ class Engine:
         name = str(model or DEFAULT_MODEL)
         path = resolve(name)
         t0 = time.perf_counter()
-        ckpt = load_checkpoint(path)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(quant, torch.float32) if dev.type == "cuda" \
-            else torch.float32
-        net = Transformer.from_weights(ckpt.cfg, ckpt.weights, dtype=dtype)
-        del ckpt.weights
-        if dev.type == "cuda":
-            net = net.to(dev)
-            net.act_dtype = dtype
-        elif quant in ("int8", "fp16"):
-            quantize_model(net, quant, net.phase)
-            # The table is only read one row per token; fp16 halves its memory.
-            net.embed.weight = torch.nn.Parameter(net.embed.weight.half(), requires_grad=False)
-        elif quant == "bf16":
-            net = net.to(torch.bfloat16)
-            net.act_dtype = torch.bfloat16
         root = Path(cache_dir) if cache_dir else cache_root()
-        fp = f"{ckpt.fingerprint}:{quant}:{dev.type}"
+        ckpt = load_checkpoint(path)   # the header and tokenizer; a GGUF's tensors are read on demand
+        release_freed_memory()         # before the weights arrive: the peak is then one of the two, not both
+        try:
+            net = cls._build(ckpt, quant, dev, root if weights_cache else None, name)
+        finally:
+            close = getattr(ckpt.weights, "close", None)
+            if close is not None:
+                close()               # drop the file (and anything not consumed)
+            ckpt.weights = {}
+        fp = f"{ckpt.fingerprint}:{KERNELS.get(quant, quant)}:{dev.type}"
         # K/V go to disk as fp32: fp16 changed Gemma's greedy output after a restore
         # (beyond a near-tie) in tests/engine/test_cache_equivalence_real.py.
         store = KVStore(fp, ckpt.cfg, memory_budget_mb=memory_budget_mb,
                         disk_dir=(root / "kv") if persist else None, disk_budget_mb=disk_budget_mb,
                         format_version=PROMPT_FORMAT_VERSION, kv_dtype_on_disk=torch.float32)
         responses = ResponseCache((root / "responses") if persist else None)
+        release_freed_memory()
         info = dict(ckpt.info, load_s=round(time.perf_counter() - t0, 2))
         log.info("loaded %s (%s, %s) in %.1fs", name, ckpt.cfg.family, quant, info["load_s"])
         return cls(net, ckpt.tokenizer, name=name, path=path, fingerprint=fp, quant=quant, device=dev,
                    info=info, store=store, responses=responses, max_prompt_tokens=max_prompt_tokens,
-                   keep_generated=(quant not in ("int8",)), response_cache=response_cache)
+                   keep_generated=not net.exact_attention, response_cache=response_cache)
+
+    @staticmethod
+    def _build(ckpt, quant: str, dev: torch.device, root: Path | None, name: str) -> Transformer:
+        """The model in its run format: mapped from the packed cache, or converted (and cached) once."""
+        if dev.type == "cuda":
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(quant, torch.float32)
+            net = Transformer.from_weights(ckpt.cfg, ckpt.weights, dtype=dtype).to(dev)
+            net.act_dtype = dtype
+            return net
+        if quant == "bf16":
+            net = Transformer.from_weights(ckpt.cfg, ckpt.weights, dtype=torch.bfloat16)
+            net.act_dtype = torch.bfloat16
+            return net
+        if quant == "fp32":
+            return Transformer.from_weights(ckpt.cfg, ckpt.weights)
+        if quant == "fp16":
+            return Transformer.from_weights(ckpt.cfg, ckpt.weights, packer=Packer("fp16"))
+        key = packed.cache_key(ckpt.fingerprint, quant)
+        where = packed.cache_path(root, ckpt.fingerprint, quant) if root is not None else None
+        net = packed.load(where, key, ckpt.cfg) if where is not None else None
+        if net is None:
+            if hasattr(ckpt.weights, "progress"):
+                ckpt.weights.progress = _progress(name, where is not None)
+            net = Transformer.from_weights(ckpt.cfg, ckpt.weights, packer=Packer(quant))
+            if where is not None:
+                packed.save(net, where, key)
+        net.exact_attention = True   # int8 activations: see model.exact_attention
+        return net
 
     # ------------------------------------------------------------- completion
     def complete(self, req: CompletionRequest) -> CompletionResult:
@@ -156,9 +191,6 @@ class Engine:
             cache, reused, source = self.model.new_cache(capacity=len(ids) + 64), 0, None
         outs = []
         try:
-            if self.prefill_block > 1:  # reuse whole blocks only: see prefill_block
-                reused = reused // self.prefill_block * self.prefill_block
-                cache.truncate(reused)
             if source == "disk":
                 timings.reused_disk_tokens = reused
             else:
@@ -192,13 +224,11 @@ class Engine:
             self.responses.put(key, candidates)
         return CompletionResult(candidates, timings)
 
-    def _chunks(self, start: int, end: int) -> list[tuple[int, int]]:
-        """Prefill spans: fixed blocks aligned to absolute positions, or plain chunks."""
-        if self.prefill_block > 1:
-            b = self.prefill_block
-            edges = [start] + list(range((start // b + 1) * b, end, b)) + [end]
-        else:
-            edges = list(range(start, end, PREFILL_CHUNK)) + [end]
+    @staticmethod
+    def _chunks(start: int, end: int) -> list[tuple[int, int]]:
+        """Prefill spans of at most PREFILL_CHUNK tokens. Any split gives the same K/V: with int8 the
+        kernels are chunk-invariant (quantize.py, model.exact_attention); fp32 differs in the last bits."""
+        edges = list(range(start, end, PREFILL_CHUNK)) + [end]
         return [(a, z) for a, z in zip(edges, edges[1:]) if z > a]
 
     def _fit(self, ids: list[int], protected: int) -> list[int]:

@@ -2,10 +2,12 @@
 
 The header is parsed here with the `gguf` package's type tables, because gguf-py's
 `GGUFReader` builds a Python object per array element: for Gemma 3's 262k-token
-vocabulary that costs ~8 s and ~700 MB before a single weight is read. Tensor
-data is memory-mapped and dequantized by `gguf.quants.dequantize`, a block of
-rows at a time, straight into the destination tensor, so the peak stays close
-to the size of the fp32 weights.
+vocabulary that costs ~8 s and ~700 MB before a single weight is read. The
+header is memory-mapped only while it is parsed; tensors are then read with
+`pread` when they are asked for (`GGUFTensors.pop`) and dequantized by
+`gguf.quants.dequantize` a block of rows at a time, so neither the file's
+pages nor more than one float32 tensor (or, with `pop_converted`, one block of
+rows of the embedding table) are resident at once.
 
 llama.cpp's converter permutes the rows of Q and K of Llama-architecture models
 (its RoPE pairs adjacent dimensions, Hugging Face pairs the two halves); that
@@ -16,8 +18,10 @@ from __future__ import annotations
 
 import math
 import mmap
+import os
 import struct
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +85,18 @@ class GGUFFile:
         except BaseException:
             self.close()
             raise
+        self._close_map()   # tensor data is read with pread: the header's pages leave this process
 
-    def close(self) -> None:
+    def _close_map(self) -> None:
         if getattr(self, "_map", None) is not None:
             try:
                 self._map.close()
             except BufferError:  # a view is still alive (an exception's frame); the GC closes it
                 pass
             self._map = None
+
+    def close(self) -> None:
+        self._close_map()
         self._file.close()
 
     # -- header ------------------------------------------------------------------------------
@@ -171,22 +179,104 @@ class GGUFFile:
 
     # -- tensors -----------------------------------------------------------------------------
 
-    def tensor(self, info: TensorInfo) -> torch.Tensor:
-        """One tensor as fp32, shape (out, in) for matrices."""
+    def _check_type(self, info: TensorInfo) -> None:
         if info.qtype not in SUPPORTED_TYPES:
             raise ModelError(f"tensor {info.name} of {self.path} uses quantization type {info.qtype.name}, "
                              "which is not supported",
                              "supported: " + ", ".join(sorted(t.name for t in SUPPORTED_TYPES))
                              + "; re-quantize with llama-quantize (e.g. Q8_0 or Q4_K_M)")
+
+    def row_blocks(self, info: TensorInfo, rows_per_block: int | None = None):
+        """Yield (first row, fp32 block of rows) of a tensor viewed as (rows, last dim)."""
+        self._check_type(info)
         rows = math.prod(info.shape[:-1]) if len(info.shape) > 1 else 1
-        raw = np.frombuffer(self._map, dtype=np.uint8, count=info.nbytes, offset=info.offset)
-        raw = raw.reshape(rows, info.nbytes // rows)
-        out = torch.empty((rows, info.shape[-1]), dtype=torch.float32)
-        dest = out.numpy()
-        step = max(1, (1 << 22) // max(1, info.shape[-1]))  # ~4M values per block
+        row_bytes = info.nbytes // rows
+        step = rows_per_block or max(1, (1 << 22) // max(1, info.shape[-1]))  # ~4M values per block
+        fd = self._file.fileno()
         for start in range(0, rows, step):
-            dest[start:start + step] = dequantize(raw[start:start + step], info.qtype)
+            n = min(step, rows - start)
+            raw = bytearray(n * row_bytes)   # writable, so torch can share the array below
+            if os.preadv(fd, [raw], info.offset + start * row_bytes) != len(raw):
+                raise ModelError(f"{self.path} is truncated: tensor {info.name} cannot be read",
+                                 "download or assemble the model file again")
+            block = np.frombuffer(raw, dtype=np.uint8).reshape(n, row_bytes)
+            values = dequantize(block, info.qtype)
+            if values.dtype != np.float32 or not values.flags.writeable:
+                values = values.astype(np.float32)
+            yield start, torch.from_numpy(np.ascontiguousarray(values))
+
+    def tensor(self, info: TensorInfo) -> torch.Tensor:
+        """One tensor as fp32, shape (out, in) for matrices."""
+        rows = math.prod(info.shape[:-1]) if len(info.shape) > 1 else 1
+        out = torch.empty((rows, info.shape[-1]), dtype=torch.float32)
+        for start, block in self.row_blocks(info):
+            out[start:start + block.shape[0]] = block
         return out.reshape(info.shape)
+
+    def converted(self, info: TensorInfo, convert) -> tuple[torch.Tensor, ...]:
+        """`convert` (a row-wise function of an fp32 block returning row-first tensors) over the whole tensor,
+        a block at a time: the fp32 tensor never exists whole."""
+        rows = math.prod(info.shape[:-1]) if len(info.shape) > 1 else 1
+        outs: list[torch.Tensor] = []
+        for start, block in self.row_blocks(info):
+            parts = convert(block)
+            if not outs:
+                outs = [torch.empty((rows, *p.shape[1:]), dtype=p.dtype) for p in parts]
+            for o, p in zip(outs, parts):
+                o[start:start + p.shape[0]] = p
+        return tuple(outs)
+
+
+class GGUFTensors(Mapping):
+    """A GGUF file's weights by Hugging Face name, read when asked for.
+
+    A read-only mapping (each lookup reads the tensor again) plus `pop`, which
+    hands a tensor over and forgets it; popping the last one, or `close()`,
+    closes the file.
+    """
+
+    def __init__(self, gguf: GGUFFile, names: dict[str, TensorInfo], cfg: ModelConfig, arch: str) -> None:
+        self._gguf, self._names, self._cfg, self._arch = gguf, names, cfg, arch
+        self._total = len(names)
+        self.progress = None   # called with (tensors read, tensors in all) after each one
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:   # without reading the tensor, unlike Mapping's
+        return name in self._names
+
+    def __iter__(self):
+        return iter(list(self._names))
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        w = self._gguf.tensor(self._names[name])   # KeyError for a missing tensor, like a dict
+        if self._arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+            w = _unpermute(w, self._cfg.n_heads if "q_proj" in name else self._cfg.n_kv_heads)
+        return w
+
+    def pop(self, name: str) -> torch.Tensor:
+        w = self[name]
+        del self._names[name]
+        self._closed_when_done()
+        return w
+
+    def pop_converted(self, name: str, convert) -> tuple[torch.Tensor, ...]:
+        """`convert` applied block by block of rows (for tables whose float32 copy would be large)."""
+        if self._arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+            return convert(self.pop(name))
+        out = self._gguf.converted(self._names.pop(name), convert)
+        self._closed_when_done()
+        return out
+
+    def _closed_when_done(self) -> None:
+        if self.progress is not None:
+            self.progress(self._total - len(self._names), self._total)
+        if not self._names:
+            self.close()
+
+    def close(self) -> None:
+        self._gguf.close()
 
 
 def _unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -268,8 +358,8 @@ def _config(meta: dict[str, Any], arch: str, tensors: dict[str, TensorInfo], pat
     return ModelConfig(**cfg)
 
 
-def load_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, dict[str, Any]]:
-    """Read a GGUF file: (config, fp32 weights in Hugging Face names, tokenizer, summary)."""
+def load_gguf(path: str | Path) -> tuple[ModelConfig, "GGUFTensors", Tokenizer, dict[str, Any]]:
+    """Read a GGUF file's header: (config, its weights read on demand, tokenizer, summary)."""
     path = Path(path)
     gguf = GGUFFile(path)
     try:
@@ -289,15 +379,12 @@ def load_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
                              "supported: " + ", ".join(sorted(t.name for t in SUPPORTED_TYPES))
                              + "; re-quantize with llama-quantize (e.g. Q8_0 or Q4_K_M)")
         tokenizer = Tokenizer.from_gguf_metadata({k: v for k, v in meta.items() if k.startswith("tokenizer.")})
-        weights: dict[str, torch.Tensor] = {}
+        names = {}
         for info in gguf.tensors:
             name = _hf_name(info.name, arch)
-            if name is None:
-                continue
-            w = gguf.tensor(info)
-            if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
-                w = _unpermute(w, cfg.n_heads if "q_proj" in name else cfg.n_kv_heads)
-            weights[name] = w
+            if name is not None:
+                names[name] = info
+        weights = GGUFTensors(gguf, names, cfg, arch)
         summary = {
             "name": meta.get("general.name") or path.stem,
             "architecture": arch,
@@ -309,6 +396,7 @@ def load_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
             "parameters": sum(math.prod(t.shape) for t in gguf.tensors),
             "context_length": cfg.max_seq_len,
         }
-    finally:
+    except BaseException:
         gguf.close()
+        raise
     return cfg, weights, tokenizer, summary

@@ -89,6 +89,21 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return _checkpoint(cfg, weights, tokenizer, fingerprint([path]), info)
 
 
+def release_freed_memory() -> None:
+    """Hand memory freed while loading back to the system (glibc keeps it otherwise).
+
+    Building Gemma 3's tokenizer from JSON frees ~300 MB that glibc's malloc keeps
+    in the process (measured: RSS 420 -> 122 MB after `malloc_trim`); converting
+    weights frees float32 blocks the same way. Elsewhere this does nothing.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _read_magic(path: Path) -> bytes:
     """The first 4 bytes of a file, opened so that it cannot block (the path may have changed kind since
     `check_model_path`: O_NONBLOCK makes opening a FIFO return at once, and fstat then refuses it)."""
