@@ -197,9 +197,11 @@ class Engine:
                 timings.reused_memory_tokens = reused
             logits = None
             for s, e in self._chunks(reused, len(ids)):
+                if logits is not None and req.is_cancelled():
+                    break   # what was prefilled stays cached; generate() sees the cancellation first
                 chunk = torch.tensor([ids[s:e]], dtype=torch.long, device=self.device)
                 logits = self.model(chunk, cache)
-            timings.computed_tokens = len(ids) - reused
+            timings.computed_tokens = cache.length - reused
             timings.prefill_ms = (time.perf_counter() - t0) * 1000
 
             t1 = time.perf_counter()

@@ -165,3 +165,20 @@ def test_generated_tokens_stay_cached_when_the_user_types_them(engines):
     r = warm.complete(request(accepted, len(accepted), doc))
     # fp32 keeps the generated tokens' K/V: accepting them costs (almost) nothing new.
     assert r.timings.computed_tokens <= 3, r.timings
+
+
+def test_a_cancelled_prefill_stops_between_chunks_and_keeps_what_it_computed(engines):
+    from keystroke.engine.engine import PREFILL_CHUNK
+    warm, cold = engines
+    doc = "cancelled-prefill.py"
+    text = (STDLIB / "colorsys.py").read_text()
+    assert len(warm.tokenizer.encode(text)) > 3 * PREFILL_CHUNK
+    req = request(text, len(text), doc)
+    req.is_cancelled = lambda: True          # cancelled while the first chunk runs
+    r = warm.complete(req)
+    assert [c.stop_reason for c in r.candidates] == ["cancelled"]
+    assert r.timings.computed_tokens == PREFILL_CHUNK   # one chunk, not the whole prompt
+    again = warm.complete(request(text, len(text), doc))
+    assert again.timings.reused_tokens >= PREFILL_CHUNK - 1
+    ref = cold.complete(request(text, len(text), use_cache=False))
+    assert [c.text for c in again.candidates] == [c.text for c in ref.candidates]
