@@ -87,19 +87,26 @@ def apply(text: str, history: list[str], op) -> tuple[str, int]:
     return out, cur
 
 
+def replay_and_compare(warm: Engine, cold: Engine, ops, source: str, make_request, doc: str) -> tuple[str, int]:
+    """Apply `ops` to `source`, one request after each: warm (cached) and cold give the same candidates,
+    and the warm one computed plus reused exactly the cold one's tokens. Returns the last (text, cursor)."""
+    text, cursor, history = source, len(source) // 2, []
+    warm.complete(make_request(text, cursor, doc))
+    for op in ops:
+        text, cursor = apply(text, history, op)
+        w = warm.complete(make_request(text, cursor, doc))
+        c = cold.complete(make_request(text, cursor, use_cache=False))
+        assert [x.text for x in w.candidates] == [x.text for x in c.candidates]
+        assert w.timings.computed_tokens + w.timings.reused_tokens == c.timings.computed_tokens
+    return text, cursor
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(edit, min_size=1, max_size=6))
 def test_warm_equals_cold_after_random_edits(engines, ops):
     warm, cold = engines
     doc = f"doc-{abs(hash(tuple(map(str, ops))))}.py"
-    text, cursor, history = SOURCE, len(SOURCE) // 2, []
-    warm.complete(request(text, cursor, doc))
-    for op in ops:
-        text, cursor = apply(text, history, op)
-        w = warm.complete(request(text, cursor, doc))
-        c = cold.complete(request(text, cursor, use_cache=False))
-        assert [x.text for x in w.candidates] == [x.text for x in c.candidates]
-        assert w.timings.computed_tokens + w.timings.reused_tokens == c.timings.computed_tokens
+    text, cursor = replay_and_compare(warm, cold, ops, SOURCE, request, doc)
     lw = last_logits(warm, text, cursor, doc)
     lc = last_logits(cold, text, cursor, None)
     if lc is None:

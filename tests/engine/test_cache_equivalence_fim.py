@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from keystroke.engine import Engine
 from keystroke.engine.api import CompletionRequest, ContextFile, StopPolicy
-from tests.engine.test_cache_equivalence import apply, edit
+from tests.engine.test_cache_equivalence import edit, replay_and_compare
 from tests.tiny import make_tiny_model_dir
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -51,15 +51,7 @@ def request(text: str, cursor: int, doc: str = "doc.py", use_cache: bool = True)
 @given(st.lists(edit, min_size=1, max_size=6))
 def test_warm_equals_cold_after_random_edits_under_fim(engines, ops):
     warm, cold = engines
-    doc = f"fim-{abs(hash(tuple(map(str, ops))))}.py"
-    text, cursor, history = SOURCE, len(SOURCE) // 2, []
-    warm.complete(request(text, cursor, doc))
-    for op in ops:
-        text, cursor = apply(text, history, op)
-        w = warm.complete(request(text, cursor, doc))
-        c = cold.complete(request(text, cursor, use_cache=False))
-        assert [x.text for x in w.candidates] == [x.text for x in c.candidates]
-        assert w.timings.computed_tokens + w.timings.reused_tokens == c.timings.computed_tokens
+    replay_and_compare(warm, cold, ops, SOURCE, request, f"fim-{abs(hash(tuple(map(str, ops))))}.py")
 
 
 def test_typing_within_a_line_costs_only_the_new_tokens(engines):
