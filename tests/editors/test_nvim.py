@@ -124,7 +124,9 @@ def test_nvim_ghost_text_accept_word_line_and_all(tmp_path: Path) -> None:
     check_shown_is_served(steps["cycle_request"])
     cycle, before = result["cycle"], steps["cycle_request"]["before"]
     items = cycle["invoked_items"]
-    assert items and items != steps["cycle_request"]["items"], "no invoked answer"
+    # (the driver records the Invoked request's own answer; a confident model may give back only the
+    # automatic suggestion, since several sampled candidates can all be the same text)
+    assert items, "no invoked answer"
     rests = [rest_of(item, before) for item in items]
     assert len(set(rests)) == len(rests), "the candidates must be distinct"
     assert cycle["first"]["text"] == rests[0]
