@@ -173,6 +173,16 @@ async def start_server(tmp_path: Path):
         await s.client.stop()
 
 
+def utf16_len(s: str) -> int:
+    return len(s.encode("utf-16-le")) // 2
+
+
+def cursor_at_end(text: str) -> tuple[int, int]:
+    """The LSP (line, UTF-16 character) of the end of `text`."""
+    lines = text.split("\n")
+    return len(lines) - 1, utf16_len(lines[-1])
+
+
 def assert_clean_log(text: str) -> None:
     """No unhandled exception: every traceback in the log is a bug."""
     assert "Traceback" not in text, text[text.index("Traceback") - 2000: text.index("Traceback") + 3000]

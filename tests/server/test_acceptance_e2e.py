@@ -8,7 +8,7 @@ import re
 import pytest
 from lsprotocol import types
 
-from conftest import assert_clean_log
+from conftest import assert_clean_log, cursor_at_end
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.real_model]
 
@@ -25,11 +25,6 @@ def apply(text: str, rng: types.Range, new: str) -> str:
     return text[:start] + new + text[end:]
 
 
-def end_of(text: str) -> tuple[int, int]:
-    lines = text.split("\n")
-    return len(lines) - 1, len(lines[-1])
-
-
 async def test_accepts_appear_in_status(start_server, real_model, tmp_path):
     s = await start_server(real_model, init_options={"debounceMs": 0})
     uri = (tmp_path / "geometry.py").as_uri()
@@ -37,7 +32,7 @@ async def test_accepts_appear_in_status(start_server, real_model, tmp_path):
     text = TEXT
 
     # 1. Accept the whole suggestion: the client replaces the item's range with its text.
-    line, char = end_of(text)
+    line, char = cursor_at_end(text)
     got = await s.inline(uri, line, char)
     assert got is not None and got.items, "the model suggested nothing"
     item = got.items[0]
@@ -52,10 +47,10 @@ async def test_accepts_appear_in_status(start_server, real_model, tmp_path):
         command=item.command.command, arguments=item.command.arguments)) is True
 
     # 2. On a new line, accept one word of the next suggestion.
-    line, char = end_of(text)
+    line, char = cursor_at_end(text)
     s.change(uri, (line, char), (line, char), "\n    print(")
     text += "\n    print("
-    line, char = end_of(text)
+    line, char = cursor_at_end(text)
     got = await s.inline(uri, line, char)
     assert got is not None and got.items, "the model suggested nothing after print("
     rest = got.items[0].insert_text[len("    print("):]

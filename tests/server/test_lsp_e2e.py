@@ -19,13 +19,9 @@ from keystroke.server import features, pipeline
 from keystroke.server.config import Config
 from keystroke.server.context import DocumentView
 
-from conftest import assert_clean_log, client_capabilities, send_raw
+from conftest import assert_clean_log, client_capabilities, cursor_at_end, send_raw
 
 pytestmark = pytest.mark.asyncio
-
-
-def utf16_len(s: str) -> int:
-    return len(s.encode("utf-16-le")) // 2
 
 
 def expected(backend, tmp_path: Path, uri: str, text: str, offset: int, *, config: Config = Config(),
@@ -41,11 +37,6 @@ def types_snapshot(uri: str, text: str):
     from pygls.workspace.position_codec import PositionCodec
     from keystroke.server.positions import Snapshot
     return Snapshot(uri, 1, text, "python", Path(to_fs_path(uri)), tuple(text.splitlines(True)), PositionCodec())
-
-
-def cursor_at_end(text: str) -> tuple[int, int]:
-    lines = text.split("\n")
-    return len(lines) - 1, utf16_len(lines[-1])
 
 
 DOCS = [

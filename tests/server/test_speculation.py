@@ -14,7 +14,7 @@ from keystroke.server.context import DocumentView
 from keystroke.server.scheduler import Ticket
 from keystroke.server.speculation import Guess, Guesses
 
-from conftest import assert_clean_log
+from conftest import assert_clean_log, cursor_at_end
 
 
 def guess(before: str = "ab", suggestion: str = "cd ef", after: str = "\nz") -> Guess:
@@ -61,11 +61,6 @@ def expected(backend, tmp_path: Path, uri: str, text: str, offset: int) -> list[
     return pipeline.complete(backend, doc, offset, [], Config(), workspace_root=tmp_path).suggestions
 
 
-def end_of(text: str) -> tuple[int, int]:
-    lines = text.split("\n")
-    return len(lines) - 1, len(lines[-1])
-
-
 @pytest.mark.asyncio
 async def test_the_request_after_an_accept_is_answered_from_the_guess(start_server, model, reference_backend,
                                                                      tmp_path):
@@ -73,14 +68,14 @@ async def test_the_request_after_an_accept_is_answered_from_the_guess(start_serv
     uri = (tmp_path / "spec.py").as_uri()
     text = "def total(items):\n    return sum("
     s.open(uri, text)
-    line, char = end_of(text)
+    line, char = cursor_at_end(text)
     first = await s.inline(uri, line, char)
     assert first is not None, "the tiny model suggested nothing"
     item = first.items[0]
     # Accept: the client replaces the item's range (the line so far) with its text.
     s.change(uri, (line, 0), (line, char), item.insert_text)
     accepted = text[:text.rindex("\n") + 1] + item.insert_text
-    line, char = end_of(accepted)
+    line, char = cursor_at_end(accepted)
     after = await s.inline(uri, line, char)
     st = await s.status()
     spec = st["speculation"]
@@ -110,10 +105,10 @@ async def test_speculation_can_be_turned_off(start_server, model, tmp_path):
     uri = (tmp_path / "nospec.py").as_uri()
     text = "def total(items):\n    return sum("
     s.open(uri, text)
-    line, char = end_of(text)
+    line, char = cursor_at_end(text)
     first = await s.inline(uri, line, char)
     assert first is not None
     s.change(uri, (line, 0), (line, char), first.items[0].insert_text)
-    await s.inline(uri, *end_of(text[:text.rindex("\n") + 1] + first.items[0].insert_text))
+    await s.inline(uri, *cursor_at_end(text[:text.rindex("\n") + 1] + first.items[0].insert_text))
     st = await s.status()
     assert st["speculation"]["started"] == 0 and "speculated" not in st["server"]["outcomes"]
