@@ -83,6 +83,9 @@ class CompletionRequest:
     n: int = 1
     is_cancelled: Callable[[], bool] = lambda: False
     use_cache: bool = True
+    # Called with the first candidate's text so far (before any stop rule cuts it) after each
+    # generated token, on the thread that runs the backend; n == 1 only (server/inflight.py).
+    on_text: Callable[[str], None] | None = None
 
 
 @dataclass

@@ -209,7 +209,8 @@ class Engine:
             line = req.prefix.rsplit("\n", 1)[-1]
             outs = generate(self.model, cache, logits, self.tokenizer, sampling=req.sampling, stop=req.stop,
                             n=max(1, req.n), is_cancelled=req.is_cancelled, heal=plan,
-                            line_before_cursor=line, deadline=deadline, prompt_ids=ids, suffix=req.suffix)
+                            line_before_cursor=line, deadline=deadline, prompt_ids=ids, suffix=req.suffix,
+                            on_text=req.on_text)
             timings.decode_ms = (time.perf_counter() - t1) * 1000
             timings.decode_tokens = sum(len(o.ids) for o in outs)
         finally:

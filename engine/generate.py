@@ -106,7 +106,8 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
              sampling: SamplingParams, stop: StopPolicy, n: int = 1,
              is_cancelled: Callable[[], bool] = lambda: False, heal: HealPlan | None = None,
              line_before_cursor: str = "", deadline: float | None = None,
-             prompt_ids: Sequence[int] = (), suffix: str = "") -> list[Generated]:
+             prompt_ids: Sequence[int] = (), suffix: str = "",
+             on_text: Callable[[str], None] | None = None) -> list[Generated]:
     """Decode up to `stop.max_tokens` tokens per candidate after a prefilled prompt.
 
     `cache` (batch 1) holds the prompt and `last_logits` (1, V) are its last
@@ -116,7 +117,8 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
     this call. `prompt_ids` (optional; its last 64 ids) join the generated
     ids for the repetition penalty, and its last id gives the text stream
     its context. `suffix` (the text after the cursor) lets the stop rules see
-    the model re-type it. Returns the candidates with distinct texts, in order.
+    the model re-type it. `on_text` (n == 1) gets the text so far after each
+    token. Returns the candidates with distinct texts, in order.
     """
     if n < 1:
         raise ValueError("n must be at least 1")
@@ -171,6 +173,8 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
                 continue
             if heal is not None:
                 text = heal.strip(text)
+            if on_text is not None and n == 1:
+                on_text(text)
             hit = row.checker.check(text)
             if hit is not None:
                 row.reason, row.cut = hit.reason, hit.cut

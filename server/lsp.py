@@ -195,6 +195,7 @@ async def on_clear_cache(ls: KeystrokeServer, *args: Any) -> bool:
         return False
     ls.shown.forget()
     ls.guesses.drop()
+    ls.flights.drop()
     await ls.scheduler.call(backend.clear_cache)
     log.info("caches cleared")
     return True

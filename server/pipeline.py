@@ -61,24 +61,31 @@ def sampling(config: Config, n: int) -> SamplingParams:
     return SamplingParams(temperature=temperature, top_p=0.95 if temperature > 0 else 1.0)
 
 
+def stop_mode(doc: DocumentView, cursor: int) -> str:
+    """The stop mode for a cursor, from its syntactic situation (line, block or free)."""
+    return choose_mode(doc.text[:cursor], doc.text[cursor:], doc.language_id)
+
+
 def plan(doc: DocumentView, cursor: int, others: list[DocumentView], config: Config, *, n: int = 1,
          count_tokens: CountTokens = approx_tokens, workspace_root: Path | None = None,
          sources: ContextConfig | None = None, mode: str | None = None,
-         is_cancelled: Callable[[], bool] = lambda: False) -> Plan:
+         is_cancelled: Callable[[], bool] = lambda: False,
+         on_text: Callable[[str], None] | None = None) -> Plan:
     """The engine request for a cursor at `cursor` of `doc`.
 
     `mode` forces the stop mode (an evaluation of whole bodies); by default
-    it is chosen from the cursor's syntactic situation.
+    it is chosen from the cursor's syntactic situation. `on_text` follows
+    the generation as it goes (server/inflight.py).
     """
     parts = build_context(doc, cursor, others, config=context_config(config, sources),
                           count_tokens=count_tokens, workspace_root=workspace_root)
-    chosen = mode or choose_mode(doc.text[:cursor], doc.text[cursor:], doc.language_id)
+    chosen = mode or stop_mode(doc, cursor)
     request = CompletionRequest(doc_id=doc.uri, prefix=parts.prefix, suffix=parts.suffix, header=parts.header,
                                 files=parts.files, path=parts.path,
                                 sampling=sampling(config, n),
                                 stop=StopPolicy(max_tokens=config.max_tokens, mode=chosen, language_id=doc.language_id),
                                 n=n,
-                                is_cancelled=is_cancelled)
+                                is_cancelled=is_cancelled, on_text=on_text if n == 1 else None)
     header_tokens = next((e["tokens"] for e in parts.provenance if e["source"] == "header"), 0)
     return Plan(request, chosen, doc.text, cursor, doc.language_id, parts.provenance, header_tokens)
 

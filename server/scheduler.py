@@ -186,11 +186,13 @@ class Scheduler:
             ticket.cancel("preempted")
         self._speculative.clear()
 
-    async def wait_for(self, key: Hashable, fut: "asyncio.Future[Any]") -> Outcome:
-        """Await `fut` (speculative work) as the request for `key`: a newer request for `key` supersedes it."""
+    async def wait_for(self, key: Hashable, fut: "asyncio.Future[Any]", *, keep: Ticket | None = None) -> Outcome:
+        """Await `fut` (speculative work, or a generation in flight) as the request for `key`: a newer
+        request for `key` supersedes it. The request it replaces is superseded unless its ticket is
+        `keep` (the generation being waited on)."""
         ticket = Ticket(key)
         previous = self._latest.get(key)
-        if previous is not None:
+        if previous is not None and previous is not keep:
             previous.cancel("superseded")
         self._latest[key] = ticket
         waiter = asyncio.ensure_future(ticket._async_cancelled.wait())

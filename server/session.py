@@ -27,6 +27,7 @@ from keystroke.server.acceptance import AcceptanceStats
 from keystroke.server.config import Config, engine_changed, parse_config
 from keystroke.server.context import DocumentView
 from keystroke.server.debounce import TypingPace
+from keystroke.server.inflight import Flight, Flights, rest_after
 from keystroke.server.metrics import LatencyRecord
 from keystroke.server.positions import Snapshot, clean_text, document_problem, lsp_lines, position_to_offset
 from keystroke.server.protocol import KeystrokeProtocol, short_error
@@ -81,6 +82,7 @@ class KeystrokeServer(LanguageServer):
         self.shown = pipeline.TypedThrough()
         self.acceptance = AcceptanceStats()
         self.guesses = Guesses()            # the suggestion after an accept, computed ahead
+        self.flights = Flights()            # generations running, for requests typed into them
         self.pace = TypingPace()            # the user's typing intervals, for the adaptive debounce
         self.backend: Backend | None = None
         self.engine_state = "loading"       # loading | ready | failed
@@ -226,6 +228,7 @@ class KeystrokeServer(LanguageServer):
         self.backend = None
         self.shown.forget()
         self.guesses.drop()
+        self.flights.drop()
         config = self.config
         token = await self._begin_progress(f"loading {config.model}")
         started = time.perf_counter()
@@ -348,8 +351,8 @@ class KeystrokeServer(LanguageServer):
         return Path(root) if root else None
 
     def _work(self, doc: DocumentView, offset: int, others: list[DocumentView], n: int, ticket: Ticket,
-              config: Config, backend: Backend, *,
-              speculating_after: CompletionRequest | None = None) -> Callable[[], Answer | None]:
+              config: Config, backend: Backend, *, speculating_after: CompletionRequest | None = None,
+              on_text: Callable[[str], None] | None = None) -> Callable[[], Answer | None]:
         """The worker's job for one cursor: plan, engine, post-process (the pipeline's three steps).
 
         Speculative work (`speculating_after`: the request whose suggestion is
@@ -361,7 +364,7 @@ class KeystrokeServer(LanguageServer):
 
         def work() -> Answer | None:
             plan = pipeline.plan(doc, offset, others, config, n=n, count_tokens=backend.count_tokens,
-                                 workspace_root=root, is_cancelled=ticket.is_cancelled)
+                                 workspace_root=root, is_cancelled=ticket.is_cancelled, on_text=on_text)
             if speculating_after is not None:
                 if not extends(speculating_after, plan.request):
                     return None
@@ -381,21 +384,40 @@ class KeystrokeServer(LanguageServer):
         key = (snap.uri, feature)
         if (rest := self.shown.rest(snap.uri, text, offset, n)) is not None:
             self.scheduler.supersede(key)
+            self.flights.drop(key)
             self.record.add_typed_through()
             self.shown.remember(snap.uri, text, offset, rest)
             return Suggestions(rest, "typed_through")
         if n == 1 and (guess := self.guesses.find(snap.uri, text, offset)) is not None:
+            self.flights.drop(key)
             found = await self._from_guess(snap, key, guess, text, offset)
             if found is not None:
                 return found
+        if n == 1 and (joinable := self.flights.joinable(key, text, offset)) is not None:
+            found = await self._from_flight(snap, key, *joinable, text, offset)
+            if found is not None:
+                return found
+        self.flights.drop(key)
         doc, others, config, backend = self.view(snap, text), self.other_documents(snap.uri), self.config, self.backend
+        started: list[Flight] = []
+
+        def make_work(ticket: Ticket) -> Callable[[], Answer | None]:
+            on_text = None
+            if n == 1:
+                flight = self.flights.start(key, Flight(text[:offset], text[offset:], ticket,
+                                                        asyncio.get_running_loop()))
+                started.append(flight)
+                on_text = flight.update
+            return self._work(doc, offset, others, n, ticket, config, backend, on_text=on_text)
+        outcome: Outcome | None = None
         try:
-            outcome: Outcome = await self.scheduler.run(
-                key, lambda ticket: self._work(doc, offset, others, n, ticket, config, backend),
-                debounce_ms=debounce_ms)
+            outcome = await self.scheduler.run(key, make_work, debounce_ms=debounce_ms)
         except asyncio.CancelledError:   # $/cancelRequest
             self.record.count("cancelled")
             raise
+        finally:
+            if started:
+                self.flights.finish(key, started[0], outcome.value if outcome is not None else None)
         if outcome.status != "done":
             return Suggestions([], outcome.status)
         result, texts, mode, request = outcome.value
@@ -425,6 +447,26 @@ class KeystrokeServer(LanguageServer):
             return Suggestions([], "stale", result)
         self._shown(snap, text, offset, texts, 1, mode, request)
         return Suggestions(texts, "speculated", result)
+
+    async def _from_flight(self, snap: Snapshot, key: Any, flight: Flight, typed: str, text: str,
+                           offset: int) -> Suggestions | None:
+        """The rest of the running generation after `typed`, once it is done; None when it has none to
+        give (the request then runs the model)."""
+        flight.typed = typed
+        self.flights.counts["joined"] += 1
+        outcome = await self.scheduler.wait_for(key, flight.future, keep=flight.ticket)
+        if outcome.status == "superseded":
+            return Suggestions([], "superseded")
+        answer = outcome.value if outcome.status == "done" else None
+        rest = rest_after(answer, typed, pipeline.stop_mode(self.view(snap, text), offset))
+        if rest is None:
+            self.flights.counts["declined"] += 1
+            return None
+        self.flights.counts["reused"] += 1
+        if self.current_version(snap.uri) != snap.version:
+            return Suggestions([], "stale", answer.result)
+        self._shown(snap, text, offset, rest, 1, answer.mode, answer.request)
+        return Suggestions(rest, "reused", answer.result)
 
     def _shown(self, snap: Snapshot, text: str, offset: int, texts: list[str], n: int, mode: str,
                request: CompletionRequest) -> None:

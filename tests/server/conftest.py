@@ -357,14 +357,14 @@ def real_model() -> str:
 class LocalServer:
     """`create_server()` fed raw JSON-RPC messages through its protocol
     (`structure_message`, then `handle_message`), as the transport does,
-    with what it writes collected. The loader fails: no model is loaded."""
+    with what it writes collected. Without a `loader` no model is loaded (it fails)."""
 
-    def __init__(self) -> None:
+    def __init__(self, loader: Any = None) -> None:
         from keystroke.server.lsp import create_server
 
         def no_model(config: Any) -> Any:
             raise RuntimeError("no model in process")
-        self.server = create_server(loader=no_model)
+        self.server = create_server(loader=loader or no_model)
         self.protocol = self.server.protocol
         self._written = b""
         self.protocol.set_writer(self)
