@@ -1,6 +1,6 @@
 """Replay "accept, then keep typing" through `keystroke serve` and time the request after each accept.
 
-    python scripts/bench_accept.py [--model gemma3-270m] [--lines 12] [--think-ms 300]
+    python scripts/bench_accept.py [--model NAME] [--lines 12] [--think-ms 300]
 
 The trace, over code no one here wrote (a standard-library function, as in
 scripts/bench_keystroke.py): the function is removed, then written back line
@@ -176,12 +176,15 @@ def pct(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="gemma3-270m")
+    ap.add_argument("--model", default=None, help="a registered name or file (default: the default model)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lines", type=int, default=12, help="lines of the function written back")
     ap.add_argument("--think-ms", type=float, default=300, help="how long a suggestion is shown before Tab")
     ap.add_argument("--json", default=None, help="write all results here")
     args = ap.parse_args(argv)
+    if args.model is None:
+        from keystroke.engine.registry import DEFAULT_MODEL
+        args.model = DEFAULT_MODEL
     print(f"model {args.model}, {args.threads} threads, max {MAX_TOKENS} tokens, {args.lines} lines of "
           f"{FILE.name} from {FUNCTION!r}, {args.think_ms:.0f} ms before each accept")
     results = {}

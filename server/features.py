@@ -217,6 +217,6 @@ def status_answer(ls: KeystrokeServer) -> dict:
                          engine_info=info, engine_stats=stats, record=ls.record, error=ls.engine_error,
                          acceptance=ls.acceptance.summary(),
                          speculation=ls.guesses.summary(list(ls.scheduler.preempt_waits_ms)),
-                         reuse=ls.flights.summary(),
+                         in_flight=ls.flights.summary(),
                          debounce={"mode": "fixed" if ls.config.debounce_ms is not None else "adaptive",
                                    "ms": round(ls.debounce_ms(), 1), "intervals": ls.pace.intervals()})

@@ -131,7 +131,7 @@ def status_report(
     error: str | None = None,
     acceptance: dict | None = None,
     speculation: dict | None = None,
-    reuse: dict | None = None,
+    in_flight: dict | None = None,
     debounce: dict | None = None,
 ) -> dict[str, Any]:
     """The `keystroke.status` answer. engine_info is expected to hold
@@ -149,6 +149,6 @@ def status_report(
         "server": record.summary(),
         "acceptance": acceptance or {},   # server/acceptance.py: local counts only
         "speculation": speculation or {},  # server/speculation.py
-        "reuse": reuse or {},              # server/inflight.py
+        "in_flight": in_flight or {},      # server/inflight.py
         "debounce": debounce or {},        # server/debounce.py
     }

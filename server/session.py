@@ -466,7 +466,7 @@ class KeystrokeServer(LanguageServer):
         if self.current_version(snap.uri) != snap.version:
             return Suggestions([], "stale", answer.result)
         self._shown(snap, text, offset, rest, 1, answer.mode, answer.request)
-        return Suggestions(rest, "reused", answer.result)
+        return Suggestions(rest, "in_flight", answer.result)
 
     def _shown(self, snap: Snapshot, text: str, offset: int, texts: list[str], n: int, mode: str,
                request: CompletionRequest) -> None:

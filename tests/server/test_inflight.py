@@ -165,7 +165,7 @@ async def test_a_keystroke_into_the_running_generation_is_answered_from_it(model
     assert items[0]["insertText"] == "    return sum(" + whole[0]
     counts = local.server.flights.summary()
     assert counts["joined"] == 1 and counts["reused"] == 1 and counts["declined"] == 0, counts
-    assert local.server.record.summary()["outcomes"].get("reused") == 1
+    assert local.server.record.summary()["outcomes"].get("in_flight") == 1
 
 
 @pytest.mark.asyncio
