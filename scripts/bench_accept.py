@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="write all results here")
     args = ap.parse_args(argv)
     if args.model is None:
-        from keystroke.engine.registry import DEFAULT_MODEL
+        from keystroke.engine import DEFAULT_MODEL
         args.model = DEFAULT_MODEL
     print(f"model {args.model}, {args.threads} threads, max {MAX_TOKENS} tokens, {args.lines} lines of "
           f"{FILE.name} from {FUNCTION!r}, {args.think_ms:.0f} ms before each accept")
