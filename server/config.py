@@ -29,6 +29,7 @@ class Config:
     debounce_min_ms: int = 20           # the adaptive wait's bounds (server/debounce.py)
     debounce_max_ms: int = 300
     speculate: bool = True              # compute the suggestion after an accept ahead (server/speculation.py)
+    reuse_in_flight: bool = True        # a keystroke typed into the running generation waits for it (server/inflight.py)
     context_budget: int = 1024          # prompt tokens
     enabled_languages: tuple[str, ...] | None = None   # None: every language
     cache_dir: str | None = None        # None: the engine's default
@@ -62,6 +63,7 @@ CLIENT_KEYS: dict[str, str] = {
     "debounceMinMs": "debounce_min_ms",
     "debounceMaxMs": "debounce_max_ms",
     "speculate": "speculate",
+    "reuseInFlight": "reuse_in_flight",
     "contextBudget": "context_budget",
     "enabledLanguages": "enabled_languages",
     "cacheDir": "cache_dir",
@@ -155,6 +157,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "debounce_min_ms": _int(0, 5000),
     "debounce_max_ms": _int(0, 5000),
     "speculate": _bool,
+    "reuse_in_flight": _bool,
     "context_budget": _int(64, 131072),
     "enabled_languages": _languages,
     "cache_dir": _optional(_nonempty_str),

@@ -393,7 +393,7 @@ class KeystrokeServer(LanguageServer):
             found = await self._from_guess(snap, key, guess, text, offset)
             if found is not None:
                 return found
-        if n == 1 and (joinable := self.flights.joinable(key, text, offset)) is not None:
+        if n == 1 and self.config.reuse_in_flight and (joinable := self.flights.joinable(key, text, offset)):
             found = await self._from_flight(snap, key, *joinable, text, offset)
             if found is not None:
                 return found

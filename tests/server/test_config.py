@@ -24,7 +24,7 @@ def test_valid_settings_are_applied():
 
 @pytest.mark.parametrize("key,value", [
     ("maxTokens", -5), ("maxTokens", "64"), ("maxTokens", 1.5), ("maxTokens", True),
-    ("temperature", float("nan")), ("temperature", 9), ("candidates", 0), ("debounceMs", "50"), ("debounceMaxMs", -1), ("speculate", 1),
+    ("temperature", float("nan")), ("temperature", 9), ("candidates", 0), ("debounceMs", "50"), ("debounceMaxMs", -1), ("speculate", 1), ("reuseInFlight", "yes"),
     ("contextBudget", []), ("enabledLanguages", "python"), ("enabledLanguages", [1]),
     ("completionItems", "sometimes"), ("enabled", "yes"), ("model", ""), ("model", 3),
     ("device", "tpu"), ("threads", 0), ("cacheSizeMb", -1), ("maxDocumentBytes", 0), ("cacheDir", "")])

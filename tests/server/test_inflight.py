@@ -96,12 +96,13 @@ class SlowEngine:
         return getattr(self.engine, name)
 
 
-async def served(model: str, tmp_path: Path) -> LocalServer:
+async def served(model: str, tmp_path: Path, **options: Any) -> LocalServer:
     from keystroke.engine.engine import Engine
     local = LocalServer(loader=lambda config: SlowEngine(Engine.load(model, cache_dir=tmp_path / "cache",
                                                                       persist=False)))
     await local.call("initialize", {"processId": None, "rootUri": tmp_path.as_uri(), "capabilities": {},
-                                    "initializationOptions": {"debounceMs": 0, "speculate": False}}, "init")
+                                    "initializationOptions": {"debounceMs": 0, "speculate": False, **options}},
+                     "init")
     local.send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
     for _ in range(600):
         if local.server.engine_state == "ready":
@@ -140,8 +141,9 @@ def expected(backend: Any, tmp_path: Path, uri: str, text: str) -> list[str]:
 
 
 @pytest.mark.asyncio
-async def test_a_keystroke_into_the_running_generation_is_answered_from_it(model, reference_backend, tmp_path):
-    local = await served(model, tmp_path)
+@pytest.mark.parametrize("reuse", [True, False])
+async def test_a_keystroke_into_the_running_generation_is_answered_from_it(model, reference_backend, tmp_path, reuse):
+    local = await served(model, tmp_path, reuseInFlight=reuse)
     uri = (tmp_path / "flight.py").as_uri()
     text = "def total(items):\n    return sum("
     whole = expected(reference_backend, tmp_path, uri, text)
@@ -160,10 +162,13 @@ async def test_a_keystroke_into_the_running_generation_is_answered_from_it(model
     second = await response(local, "second")
     first = await response(local, "first")
     assert first["result"] is None             # its document moved on: stale
+    counts = local.server.flights.summary()
+    if not reuse:   # `reuseInFlight: false`: the keystroke cancels it and runs the model, as before
+        assert counts["joined"] == 0 and f.ticket.reason == "superseded", counts
+        return
     items = second["result"]["items"]
     # The rest of the generation: what typing-through gives once it is done.
     assert items[0]["insertText"] == "    return sum(" + whole[0]
-    counts = local.server.flights.summary()
     assert counts["joined"] == 1 and counts["reused"] == 1 and counts["declined"] == 0, counts
     assert local.server.record.summary()["outcomes"].get("in_flight") == 1
 

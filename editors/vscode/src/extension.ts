@@ -15,7 +15,7 @@ import {
 // Server settings: VS Code setting `keystroke.<key>` -> server key (same name).
 const SERVER_KEYS = [
   'enabled', 'model', 'device', 'threads', 'maxTokens', 'temperature', 'candidates',
-  'debounceMs', 'debounceMinMs', 'debounceMaxMs', 'speculate', 'contextBudget', 'enabledLanguages', 'cacheDir',
+  'debounceMs', 'debounceMinMs', 'debounceMaxMs', 'speculate', 'reuseInFlight', 'contextBudget', 'enabledLanguages', 'cacheDir',
   'cacheSizeMb', 'engine',
 ] as const;
 
