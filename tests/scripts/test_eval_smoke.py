@@ -93,3 +93,11 @@ def test_bootstrap_interval_holds_the_mean_and_narrows_with_more_tasks() -> None
     assert lo_few <= 0.5 <= hi_few and lo_many <= 0.5 <= hi_many
     assert hi_many - lo_many < hi_few - lo_few
     assert evalkit.edit_similarity("abc", "abc") == 1.0 and evalkit.edit_similarity("abc", "xyz") == 0.0
+
+
+def test_live_typing_bench_replays_both_configurations(tiny_llama_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    import bench_live
+    assert bench_live.main(["--model", str(tiny_llama_dir), "--chars", "8", "--pace-ms", "20"]) == 0
+    table = capsys.readouterr().out
+    rows = [line for line in table.splitlines() if line.startswith("| no reuse |") or line.startswith("| reuse |")]
+    assert len(rows) == 2 and all("| 8 |" in row for row in rows), table
