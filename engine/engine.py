@@ -197,12 +197,14 @@ class Engine:
                 timings.reused_memory_tokens = reused
             logits = None
             for s, e in self._chunks(reused, len(ids)):
-                if logits is not None and req.is_cancelled():
-                    break   # what was prefilled stays cached; generate() sees the cancellation first
                 chunk = torch.tensor([ids[s:e]], dtype=torch.long, device=self.device)
-                logits = self.model(chunk, cache)
+                logits = self.model(chunk, cache, stop=req.is_cancelled)
+                if logits is None:
+                    break   # cancelled within this chunk: the chunks before it stay cached
             timings.computed_tokens = cache.length - reused
             timings.prefill_ms = (time.perf_counter() - t0) * 1000
+            if logits is None:
+                return CompletionResult([Candidate("", "cancelled")], timings)
 
             t1 = time.perf_counter()
             deadline = started + req.stop.deadline_ms / 1000 if req.stop.deadline_ms else None

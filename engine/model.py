@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -270,13 +270,15 @@ class Transformer(nn.Module):
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, cache: KVCache, last_only: bool = True,
-                decode: bool = False) -> torch.Tensor:
+                decode: bool = False, stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
         """Run `tokens` (B, T) after the cache's `length` positions; return logits.
 
         Logits are (B, V) for the last position when `last_only`, else (B, T, V).
         The cache is extended by T positions. `decode` marks a sampling step
-        (as opposed to reading the prompt); both run the same kernels, so that
-        generated tokens' K/V equal what a prefill of them would give.
+        (as opposed to reading the prompt). `stop` is asked between layers:
+        when it says so, the pass ends there and returns None, the cache's
+        length unchanged (what the first layers wrote past it is overwritten
+        by the next pass), so a cancelled prefill costs at most one layer.
         """
         cfg = self.cfg
         B, T = tokens.shape
@@ -293,6 +295,8 @@ class Transformer(nn.Module):
         masks = {w: self._mask(start, T, w, tokens.device)
                  for w in {cfg.sliding_window if cfg.is_sliding(i) else None for i in range(cfg.n_layers)}}
         for i, block in enumerate(self.layers):
+            if stop is not None and stop():
+                return None
             cos, sin = rope[cfg.layer_rope_theta(i)]
             window = cfg.sliding_window if cfg.is_sliding(i) else None
             x = block(x, cache, start, cos, sin, masks[window], exact)

@@ -12,8 +12,8 @@ CancelledError reaches `run`, which sets the same flag.
 Speculative work (`speculate`: the suggestion after an accept, see
 server/speculation.py) runs at the lowest priority: the worker takes it only
 when no user request is queued, and every user request cancels it when it is
-queued, so a user's request waits at most for the decode step the
-speculation is in. `preempt_waits_ms` records how long such requests waited.
+queued, so a user's request waits at most for the decode step (or the
+prefill layer) the speculation is in. `preempt_waits_ms` records how long such requests waited.
 """
 from __future__ import annotations
 

@@ -357,9 +357,7 @@ class KeystrokeServer(LanguageServer):
 
         Speculative work (`speculating_after`: the request whose suggestion is
         assumed accepted) gives up, with None, before the engine runs when its
-        prompt is not that request's plus the suggestion: the engine's prefill
-        does not stop for cancellation, so only a prefill of about the
-        suggestion's own tokens keeps a user's request from waiting on it."""
+        prompt is not that request's plus the suggestion (see speculation.py)."""
         root = self.workspace_root()
 
         def work() -> Answer | None:
@@ -477,13 +475,11 @@ class KeystrokeServer(LanguageServer):
             before, after, suggestion = text[:offset], text[offset:], texts[0]
             doc = self.view(snap, before + suggestion + after)
             others, config, backend = self.other_documents(snap.uri), self.config, self.backend
-            # Start once the user has paused longer than most of their typing intervals: a keystroke
-            # before then cancels it unstarted, so typing never waits behind its prefill.
-            delay_ms = self.pace.debounce_ms(config.debounce_min_ms, max(config.debounce_min_ms,
-                                                                         config.debounce_max_ms))
+            # At once: the accept may come soon, and the next keystroke stops it within a decode
+            # step or a prefill layer (the scheduler preempts it, the engine checks between both).
             ticket, fut = self.scheduler.speculate(
                 lambda t: self._work(doc, len(before) + len(suggestion), others, 1, t, config, backend,
-                                     speculating_after=request), delay_s=delay_ms / 1000)
+                                     speculating_after=request))
             fut.add_done_callback(_log_failure)
             self.guesses.add(snap.uri, Guess(before, suggestion, after, ticket, fut))
 

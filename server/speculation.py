@@ -9,8 +9,10 @@ it, at once when the work is done, else as soon as it is.
 
 A guess is made only when it is cheap: when its prompt is the shown
 request's with the suggestion added to the prefix (same header, same
-suffix), else it gives up before the engine runs (`extends`), since the
-engine's prefill is not interrupted by cancellation.
+suffix), else it gives up before the engine runs (`extends`): a guess
+that needs a long prefill would rarely be done before the accept. Either
+way it never holds up a user's request for long: cancellation stops the
+engine within one decode step, or one layer of a prefill.
 
 A guess stays alive while the document is on the way to it (the user
 typed, or accepted by word or line, a prefix of `s`: typing-through answers

@@ -174,17 +174,23 @@ def test_generated_tokens_stay_cached_when_the_user_types_them(engines):
     assert r.timings.computed_tokens <= 3, r.timings
 
 
-def test_a_cancelled_prefill_stops_between_chunks_and_keeps_what_it_computed(engines):
+def test_a_cancelled_prefill_stops_within_a_layer_and_keeps_the_chunks_before(engines):
     from keystroke.engine.engine import PREFILL_CHUNK
     warm, cold = engines
     doc = "cancelled-prefill.py"
     text = (STDLIB / "colorsys.py").read_text()
     assert len(warm.tokenizer.encode(text)) > 3 * PREFILL_CHUNK
     req = request(text, len(text), doc)
-    req.is_cancelled = lambda: True          # cancelled while the first chunk runs
+    asked = []
+
+    def cancelled_in_the_second_chunk() -> bool:   # asked once a layer: true in the second chunk's 2nd layer
+        asked.append(1)
+        return len(asked) > warm.cfg.n_layers + 1
+    req.is_cancelled = cancelled_in_the_second_chunk
     r = warm.complete(req)
     assert [c.stop_reason for c in r.candidates] == ["cancelled"]
-    assert r.timings.computed_tokens == PREFILL_CHUNK   # one chunk, not the whole prompt
+    assert len(asked) == warm.cfg.n_layers + 2      # it stopped at once, not at the chunk's end
+    assert r.timings.computed_tokens == PREFILL_CHUNK   # the first chunk, not the one it left
     again = warm.complete(request(text, len(text), doc))
     assert again.timings.reused_tokens >= PREFILL_CHUNK - 1
     ref = cold.complete(request(text, len(text), use_cache=False))
