@@ -97,7 +97,7 @@ def test_bootstrap_interval_holds_the_mean_and_narrows_with_more_tasks() -> None
 
 def test_live_typing_bench_replays_both_configurations(tiny_llama_dir: Path, capsys: pytest.CaptureFixture) -> None:
     import bench_live
-    assert bench_live.main(["--model", str(tiny_llama_dir), "--chars", "8", "--pace-ms", "20"]) == 0
+    assert bench_live.main(["--model", str(tiny_llama_dir), "--chars", "8", "--pace-ms", "20", "--pause-ms", "40"]) == 0
     table = capsys.readouterr().out
     rows = [line for line in table.splitlines() if line.startswith("| no reuse |") or line.startswith("| reuse |")]
     assert len(rows) == 2 and all("| 8 |" in row for row in rows), table
