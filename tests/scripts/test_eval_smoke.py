@@ -101,3 +101,11 @@ def test_live_typing_bench_replays_both_configurations(tiny_llama_dir: Path, cap
     table = capsys.readouterr().out
     rows = [line for line in table.splitlines() if line.startswith("| no reuse |") or line.startswith("| reuse |")]
     assert len(rows) == 2 and all("| 8 |" in row for row in rows), table
+
+
+def test_typed_rest_eval_counts_every_prefix(tiny_llama_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    import eval_typed_rest
+    assert eval_typed_rest.word_ends("ab(c d") == [2, 3, 4, 5]
+    assert eval_typed_rest.main(["--model", str(tiny_llama_dir), "--cursors", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "typed prefixes over 2 cursors" in out, out
