@@ -107,7 +107,7 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
              is_cancelled: Callable[[], bool] = lambda: False, heal: HealPlan | None = None,
              line_before_cursor: str = "", deadline: float | None = None,
              prompt_ids: Sequence[int] = (), suffix: str = "",
-             on_text: Callable[[str], None] | None = None) -> list[Generated]:
+             on_text: Callable[[str], None] | None = None, avoid_first: int | None = None) -> list[Generated]:
     """Decode up to `stop.max_tokens` tokens per candidate after a prefilled prompt.
 
     `cache` (batch 1) holds the prompt and `last_logits` (1, V) are its last
@@ -118,7 +118,9 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
     ids for the repetition penalty, and its last id gives the text stream
     its context. `suffix` (the text after the cursor) lets the stop rules see
     the model re-type it. `on_text` (n == 1) gets the text so far after each
-    token. Returns the candidates with distinct texts, in order.
+    token. `avoid_first` is a token no row may start its content with (see
+    Engine: the second try after a first one that only re-typed the suffix).
+    Returns the candidates with distinct texts, in order.
     """
     if n < 1:
         raise ValueError("n must be at least 1")
@@ -137,7 +139,14 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
     allowed = heal.allowed_mask(tokenizer, logits.shape[-1]) if heal is not None else None
     tail = list(prompt_ids)[-REPETITION_WINDOW:]
     eos = tokenizer.eos_ids
-    stay_on_line = stop.mode == "line" and continues_on_line(line_before_cursor, stop.language_id)
+    # In line mode a completion that starts with a line break shows nothing: where the code before the
+    # cursor is left open, or the cursor's line is blank, the model is asked for its best on this line.
+    stay_on_line = stop.mode == "line" and (not line_before_cursor.strip()
+                                            or continues_on_line(line_before_cursor, stop.language_id))
+    avoided = None
+    if avoid_first is not None and 0 <= avoid_first < logits.shape[-1]:
+        avoided = torch.zeros(logits.shape[-1], dtype=torch.bool)
+        avoided[avoid_first] = True
 
     def finish(reason: StopReason) -> None:
         for row in rows:
@@ -155,7 +164,9 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
             break
         prev = [tail + row.ids for row in rows] if sampling.repetition_penalty != 1.0 else None
         if stay_on_line:
-            allowed = _without_line_breaks(rows, allowed, tokenizer, logits.shape[-1])
+            allowed = _before_content(rows, allowed, vocab_index(tokenizer).line_breaks(logits.shape[-1]))
+        if avoided is not None:
+            allowed = _before_content(rows, allowed, avoided)
         tokens = sample(logits, sampling, generator, prev, allowed)
         for row, token in zip(rows, tokens.tolist()):
             if row.reason is not None:
@@ -220,17 +231,17 @@ def continues_on_line(line_before_cursor: str, language_id: str = "") -> bool:
     return st.last_code in _OPEN_ENDS
 
 
-def _without_line_breaks(rows: list[_Row], allowed: torch.Tensor | None, tokenizer: Tokenizer,
-                         size: int) -> torch.Tensor | None:
-    """`allowed`, narrowed for the rows that have shown nothing yet to tokens that do not start a new line."""
+def _before_content(rows: list[_Row], allowed: torch.Tensor | None, banned: torch.Tensor) -> torch.Tensor | None:
+    """`allowed`, without the `banned` tokens for the rows that have written nothing but blanks yet
+    (and are not re-typing healed text, whose tokens are already constrained)."""
     waiting = [row.reason is None and not row.checker.seen_content and not row.pending for row in rows]
     if not any(waiting):
         return allowed
-    breaks = vocab_index(tokenizer).line_breaks(size)
+    size = banned.shape[0]
     base = allowed if allowed is not None else torch.ones(size, dtype=torch.bool)
     if base.dim() == 1:
         base = base.expand(len(rows), size)
-    return torch.stack([b & ~breaks if w else b for b, w in zip(base, waiting)])
+    return torch.stack([b & ~banned if w else b for b, w in zip(base, waiting)])
 
 
 def _healing_mask(rows: list[_Row], heal: HealPlan | None, tokenizer: Tokenizer,

@@ -322,9 +322,10 @@ class Ranked:
     ("    x = frame(", "master)"),     # open bracket: the best continuation on the same line
     ("    x = a +", "master)"),
     ("    x = 1", ""),                 # a finished line: a line break means nothing to add
-    ("", ""),
+    ("", "master)"),                   # a blank line: the best code on it, not nothing
+    ("    ", "master)"),
 ])
-def test_line_mode_does_not_start_with_a_line_break_after_an_open_bracket(line, expected):
+def test_line_mode_does_not_start_with_a_line_break_after_an_open_bracket_or_on_a_blank_line(line, expected):
     (nl,) = TOK.encode("\n")
     steps = [[nl] + ids("m"), ids("a"), ids("s"), ids("t"), ids("e"), ids("r"), ids(")"), [nl]]
     model = Ranked(steps)
@@ -344,3 +345,15 @@ def test_line_mode_does_not_start_with_a_line_break_after_an_open_bracket(line, 
 ])
 def test_continues_on_line_reads_the_line_with_the_lexer(line, language_id, expected):
     assert continues_on_line(line, language_id) is expected
+
+
+def test_a_token_to_avoid_is_never_the_first_content_but_may_come_later():
+    (space,) = TOK.encode(" ")
+    r, x = ids("r")[0], ids("x")[0]
+    steps = [[space], [r, x], [r], [EOS]]        # blanks first, then r (the avoided one) or x
+    plain = generate(Ranked(steps), FakeCache(), Ranked(steps).first(), TOK, sampling=SamplingParams(),
+                     stop=StopPolicy(max_tokens=8))
+    model = Ranked(steps)
+    avoided = generate(model, FakeCache(), model.first(), TOK, sampling=SamplingParams(),
+                       stop=StopPolicy(max_tokens=8), avoid_first=r)
+    assert plain[0].text == " rr" and avoided[0].text == " xr"
