@@ -1,7 +1,8 @@
 """Reuse of a generation in flight.
 
 While the worker writes the suggestion for `before|after`, the user may go
-on typing: the next request is for `before + typed|after`. When `typed` is
+on typing: the next request is for `before + typed|after` (or, with
+`typed` empty, the same state asked again). When `typed` is
 what the generation has written so far (or what it has written is the start
 of `typed`), that request joins the running generation instead of
 cancelling it and starting over, and is answered with the rest of its
@@ -89,7 +90,7 @@ def rest_after(answer: Answer | None, typed: str, mode: str) -> list[str] | None
     if answer.result.candidates[0].stop_reason in UNFINISHED or mode != answer.mode:
         return None
     text = answer.texts[0]
-    if not typed or not text.startswith(typed) or len(text) == len(typed):
+    if not text.startswith(typed) or len(text) == len(typed):
         return None
     return [text[len(typed):]]
 
@@ -120,8 +121,8 @@ class Flights:
         flight = self._by_key.get(key)
         if flight is None or flight.future.done() or flight.ticket.is_cancelled():
             return None
-        typed = flight.typed_since(text, offset)
-        if not typed or not flight.agrees(typed):
+        typed = flight.typed_since(text, offset)   # "" for the same state asked again
+        if typed is None or not flight.agrees(typed):
             return None
         return flight, typed
 

@@ -49,7 +49,7 @@ async def test_only_a_state_that_agrees_with_what_was_written_joins() -> None:
     assert flights.joinable("k", "x = foo\ny", len("x = foo")) == (f, "oo")
     assert flights.joinable("k", "x = foo(1) + 2\ny", len("x = foo(1) + 2")) == (f, "oo(1) + 2")  # may still come
     assert flights.joinable("k", "x = fa\ny", len("x = fa")) is None
-    assert flights.joinable("k", "x = f\ny", len("x = f")) is None   # nothing typed: the same request again
+    assert flights.joinable("k", "x = f\ny", len("x = f")) == (f, "")  # the same state asked again
     flights.finish("k", f, None)
     assert flights.joinable("k", "x = foo\ny", len("x = foo")) is None and flights.summary()["live"] == 0
 
@@ -70,6 +70,7 @@ def test_the_rest_is_given_only_for_a_finished_suggestion_that_starts_with_what_
     assert rest_after(answer("oo(1)"), "oo", "line") == ["(1)"]
     assert rest_after(answer("oo(1)"), "oa", "line") is None
     assert rest_after(answer("oo(1)"), "oo(1)", "line") is None                  # nothing more
+    assert rest_after(answer("oo(1)"), "", "line") == ["oo(1)"]                  # the same state
     assert rest_after(answer("oo(1)", reason="max_tokens"), "oo", "line") is None  # a fresh one writes on
     assert rest_after(answer("oo(1)", reason="cancelled"), "oo", "line") is None
     assert rest_after(answer("oo(1)"), "oo", "block") is None                    # planned otherwise now
