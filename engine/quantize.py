@@ -88,6 +88,10 @@ class Int8Linear(nn.Module):
             both = torch._int_mm(torch.cat([xq, rq]), self.weight.t()).float()
             m = x2.shape[0]
             y = both[:m].mul_(xs).add_(both[m:].mul_(rs)).mul_(self.scale)
+        elif x2.shape[0] == 1:
+            # One token: W @ x^T, the same exact integer sums as x @ W^T, measured faster at
+            # M=1 (Qwen2.5 0.5B's shapes: 37 -> 22 us for q/k/v, 154 -> 94 us for down).
+            y = torch._int_mm(self.weight, xq.view(-1, 1)).view(1, -1).float().mul_(xs).mul_(self.scale)
         else:
             y = torch._int_mm(xq, self.weight.t()).float().mul_(xs).mul_(self.scale)
         if self.bias is not None:
