@@ -128,16 +128,20 @@ def rope_inv_freq(cfg: ModelConfig, theta: float) -> torch.Tensor:
 
 
 def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, signed sin) per position, (T, D): the sin's first half negated for `apply_rope`."""
     freqs = positions.float()[:, None] * inv_freq[None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
+    sin = freqs.sin()
+    return torch.cat((freqs, freqs), dim=-1).cos(), torch.cat((-sin, sin), dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, T, D) by the half-split convention of Hugging Face checkpoints."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, D) by the half-split convention of Hugging Face checkpoints.
+
+    x * cos + (-x2, x1) * sin, written as x * cos + (x2, x1) * (-sin, sin): one
+    roll instead of two slices, a negation and a cat, with the same products
+    bit for bit (a sign commutes exactly with rounding).
+    """
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
 
 
 class Attention(nn.Module):
@@ -157,13 +161,14 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache, start: int, cos: torch.Tensor,
                 sin: torch.Tensor, mask: torch.Tensor | None, exact: bool = False) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).split(self.split, dim=-1)
-        q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)
-        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        H, qk_out = self.n_heads, self.split[0] + self.split[1]
+        qkv = self.wqkv(x)
+        qk = qkv[..., :qk_out].view(B, T, H + self.n_kv, self.hd)   # q and k heads rotate together
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            qk = torch.cat((self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])), dim=2)
+        qk = apply_rope(qk.transpose(1, 2), cos, sin)
+        q, k = qk[:, :H], qk[:, H:]
+        v = qkv[..., qk_out:].view(B, T, self.n_kv, self.hd).transpose(1, 2)
         keys, values = cache.write(self.layer, start, k, v)
         if exact:
             out = exact_attention(q, keys, values, mask, self.scale)

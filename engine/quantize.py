@@ -39,7 +39,8 @@ class Phase:
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per row of a 2-D tensor: (int8 values, fp32 scale per row, shape (rows, 1))."""
-    amax = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True).clamp_(min=1e-30)
+    # max |x| is exact however computed; amax(abs) measured 4 us against vector_norm(inf)'s 19 (4864 wide).
+    amax = torch.amax(torch.abs(x), dim=-1, keepdim=True).clamp_(min=1e-30)
     q = (x * (127.0 / amax)).round_().to(torch.int8)
     return q, amax.div_(127.0)
 
