@@ -208,8 +208,9 @@ def step_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, sc
     """One query position over the cache: the last `window` keys (all of them when None).
 
     Plain matmuls with the query heads grouped by their K/V head read the cache
-    in place; measured 4x cheaper than scaled_dot_product_attention's kernel for
-    one query row (Qwen2.5 0.5B, 512 cached positions).
+    in place. Profiled on Qwen2.5 0.5B at ~520 cached positions: ~90 us per layer
+    (two bmm and a softmax) against 160 us for scaled_dot_product_attention's
+    CPU flash kernel, whose blocking serves many query rows, not one.
     """
     B, H, _, D = q.shape
     n_kv = keys.shape[1]
