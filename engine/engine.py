@@ -100,7 +100,7 @@ class Engine:
         path = resolve(name)
         t0 = time.perf_counter()
         root = Path(cache_dir) if cache_dir else cache_root()
-        ckpt = load_checkpoint(path)   # the header and tokenizer; a GGUF's tensors are read on demand
+        ckpt = load_checkpoint(path, root)   # the header and tokenizer; a GGUF's tensors are read on demand
         release_freed_memory()         # before the weights arrive: the peak is then one of the two, not both
         try:
             net = cls._build(ckpt, quant, dev, root if weights_cache else None, name)

@@ -42,9 +42,11 @@ class VocabIndex:
         t0 = time.perf_counter()
         strings = tokenizer.token_strings()
         excluded = _control_ids(tokenizer)
-        pairs = sorted((s, i) for i, s in enumerate(strings) if s and i not in excluded)
-        self.texts: list[str] = [s for s, _ in pairs]
-        self.ids = np.fromiter((i for _, i in pairs), dtype=np.int64, count=len(pairs))
+        # Ids by text, ties by id (a stable sort of ascending ids): 2-3x faster than sorting (text, id)
+        # pairs, which cost a first request ~0.2 s on Qwen2.5's 152k tokens.
+        order = sorted((i for i, s in enumerate(strings) if s and i not in excluded), key=strings.__getitem__)
+        self.texts: list[str] = [strings[i] for i in order]
+        self.ids = np.array(order, dtype=np.int64)
         self.strings = strings
         self.excluded = excluded
         self.size = max(len(strings), tokenizer.vocab_size)

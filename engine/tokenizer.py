@@ -12,7 +12,8 @@ A GGUF file carries no tokenizer.json, only llama.cpp's description of one
   file. Spaces become "\u2581", unknown bytes fall back to <0xNN> tokens, and
   the user-defined tokens (runs of newlines and tabs, HTML tags) are added
   whole. Deriving ~500k merges takes seconds, so the built tokenizer.json is
-  cached under the user cache directory.
+  cached under the user cache directory, behind a line with its sha256: a
+  damaged or foreign file is rebuilt, never trusted.
 
 `encode` never adds BOS (the engine does that, see `add_bos`) and treats the
 text of special tokens (`<|fim_prefix|>`, `<start_of_turn>`...) as plain text,
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -33,6 +35,8 @@ from tokenizers.models import BPE
 
 from .errors import ModelError
 from .paths import cache_root
+
+log = logging.getLogger("keystroke.engine")
 
 
 # llama.cpp's pre-tokenizer regexes per `tokenizer.ggml.pre` (applied in order, each one
@@ -56,7 +60,7 @@ PRE_TOKENIZER_REGEXES: dict[str, tuple[str, ...]] = {
 # llama.cpp token types.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
-CACHE_FORMAT = "1"
+CACHE_FORMAT = "2"  # 2: a checked header line before the JSON
 
 
 class Tokenizer:
@@ -78,6 +82,7 @@ class Tokenizer:
         stops.update(self.special_tokens().values())
         self.eos_ids: frozenset[int] = frozenset(stops)
         self._token_strings: list[str] | None = None
+        self.cache_file: Path | None = None   # where a GGUF-built backend is cached (from_gguf_metadata)
 
     # -- use ---------------------------------------------------------------------------------
 
@@ -160,17 +165,31 @@ class Tokenizer:
         eot_id = _opt_int(meta.get("tokenizer.ggml.eot_token_id"))
 
         cache_file = _cache_path(meta, cache_dir)
-        backend = None
-        if cache_file is not None and cache_file.exists():
-            try:
-                backend = HFTokenizer.from_file(str(cache_file))
-            except Exception:
-                backend = None  # a corrupt cache entry is rebuilt
+        backend = read_cached(cache_file) if cache_file is not None else None
         if backend is None:
             backend = _build_bpe(meta, types) if kind == "gpt2" else _build_sentencepiece(meta, types)
             if cache_file is not None:
-                _write_atomic(cache_file, backend.to_str())
-        return cls(backend, bos_id=bos_id, eos_ids=[eos_id, eot_id], add_bos=add_bos)
+                _write_cached(cache_file, backend.to_str())
+        made = cls(backend, bos_id=bos_id, eos_ids=[eos_id, eot_id], add_bos=add_bos)
+        made.cache_file = cache_file
+        return made
+
+    def recipe(self) -> dict[str, Any]:
+        """What `from_cached` needs to rebuild this tokenizer from its cache file (plain data, JSON-able)."""
+        return {"file": self.cache_file.name if self.cache_file else None, "bos_id": self.bos_id,
+                "eos_ids": sorted(self.eos_ids), "add_bos": self.add_bos}
+
+    @classmethod
+    def from_cached(cls, directory: Path, recipe: Mapping[str, Any]) -> "Tokenizer | None":
+        """The tokenizer `recipe()` described, from its checked cache file in `directory`; None if unusable."""
+        if not isinstance(recipe.get("file"), str):
+            return None
+        backend = read_cached(Path(directory) / recipe["file"])
+        if backend is None:
+            return None
+        made = cls(backend, bos_id=recipe["bos_id"], eos_ids=recipe["eos_ids"], add_bos=recipe["add_bos"])
+        made.cache_file = Path(directory) / recipe["file"]
+        return made
 
 
 def _build_bpe(meta: Mapping[str, Any], types: list[int]) -> HFTokenizer:
@@ -270,17 +289,43 @@ def _cache_path(meta: Mapping[str, Any], cache_dir: Path | None) -> Path | None:
         else:
             digest.update(repr(value).encode())
     directory = cache_dir if cache_dir is not None else cache_root() / "tokenizers"
-    return directory / f"{digest.hexdigest()[:32]}.json"
+    return directory / f"{digest.hexdigest()[:32]}.tok"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+_MAGIC = b"keystroke-tokenizer"
+
+
+def _write_cached(path: Path, text: str) -> None:
+    """`<magic> <format> <sha256 of the JSON>\n` then the tokenizer JSON, written atomically."""
+    raw = text.encode("utf-8")
+    head = b"%s %s %s\n" % (_MAGIC, CACHE_FORMAT.encode(), hashlib.sha256(raw).hexdigest().encode())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(head + raw)
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only cache only costs the next load its build time
+
+
+def read_cached(path: Path) -> HFTokenizer | None:
+    """The tokenizer cached at `path` if its header and checksum hold; a damaged file is deleted, None."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    head, _, raw = data.partition(b"\n")
+    parts = head.split(b" ")
+    try:
+        if len(parts) != 3 or parts[0] != _MAGIC or parts[1] != CACHE_FORMAT.encode():
+            raise ValueError("it is not a keystroke tokenizer of this format")
+        if hashlib.sha256(raw).hexdigest().encode() != parts[2]:
+            raise ValueError("its checksum does not match")
+        return HFTokenizer.from_str(raw.decode("utf-8"))
+    except Exception as exc:  # tokenizers raises its own Exception type
+        log.warning("the cached tokenizer %s is unusable (%s); rebuilding it", path, exc)
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _read_json(path: Path) -> dict:

@@ -1,6 +1,7 @@
 """The engine against today's llama.cpp on the same GGUF, through the path users run.
 
     python3 scripts/bench_engine.py [--models qwen2.5-coder-0.5b gemma3-270m] [--threads 2] [--repeats 2]
+                                    [--only startup]
 
 Each side runs in a fresh process of its own, one after the other (never at
 once: on 2 cores both would fight over the threads), alternating, `--repeats`
@@ -17,7 +18,8 @@ Each side: one warm-up request, then a prompt of `--prompt` tokens (the
 standard library's argparse.py) and `--decode` greedy tokens. Measured: start
 to the first answer (process start to the warm-up's answer, the model loaded),
 peak RSS and RSS after the request, prefill and decode tokens/s. Ratios are
-keystroke / llama.cpp, from the same run.
+keystroke / llama.cpp, from the same run. `--only startup` stops each child
+after the warm-up's answer and reports the two start rows.
 """
 from __future__ import annotations
 
@@ -44,8 +46,11 @@ def memory_mb() -> tuple[float, float]:
     return int(status["VmHWM"].split()[0]) / 1024, int(status["VmRSS"].split()[0]) / 1024
 
 
+STARTUP = ("start_s", "first_start_s")
+
+
 def side_keystroke(model: str, n_prompt: int, n_decode: int, threads: int, started: float,
-                   cache_dir: str | None = None) -> dict:
+                   cache_dir: str | None = None, startup_only: bool = False) -> dict:
     from keystroke.engine import CompletionRequest, Engine, StopPolicy
     engine = Engine.load(model, threads=threads, persist=False, cache_dir=Path(cache_dir) if cache_dir else None)
     stop = StopPolicy(max_tokens=n_decode, mode="free", stop_on_repetition=False)
@@ -53,6 +58,8 @@ def side_keystroke(model: str, n_prompt: int, n_decode: int, threads: int, start
     engine.complete(CompletionRequest(doc_id="warm", prefix=engine.tokenizer.decode(ids[:32]),
                                       stop=StopPolicy(max_tokens=1), use_cache=False))
     start_s = time.time() - started
+    if startup_only:
+        return {"start_s": start_s}
     t = engine.complete(CompletionRequest(doc_id="bench", prefix=engine.tokenizer.decode(ids), stop=stop,
                                           use_cache=False)).timings
     peak, rss = memory_mb()
@@ -62,7 +69,7 @@ def side_keystroke(model: str, n_prompt: int, n_decode: int, threads: int, start
 
 
 def side_llamacpp(model: str, n_prompt: int, n_decode: int, threads: int, started: float,
-                  cache_dir: str | None = None) -> dict:
+                  cache_dir: str | None = None, startup_only: bool = False) -> dict:
     from llamacpp_server import post as post_to, start
 
     from keystroke.engine import registry
@@ -74,6 +81,8 @@ def side_llamacpp(model: str, n_prompt: int, n_decode: int, threads: int, starte
     ids = post("/tokenize", {"content": SOURCE.read_text()})["tokens"][:n_prompt]
     post("/completion", {"prompt": ids[:32], "n_predict": 1, "temperature": 0, "cache_prompt": False})
     start_s = time.time() - started
+    if startup_only:
+        return {"start_s": start_s}
     t = post("/completion", {"prompt": ids, "n_predict": n_decode, "temperature": 0, "top_k": 1,
                              "ignore_eos": True, "cache_prompt": False})["timings"]
     peak, rss = memory_mb()
@@ -104,7 +113,7 @@ def run_side(side: str, model: str, args: argparse.Namespace, cache_dir: str) ->
     """One measurement in a fresh process; its start time is taken here, before the interpreter starts."""
     cmd = [sys.executable, __file__, "--side", side, "--models", model, "--threads", str(args.threads),
            "--prompt", str(args.prompt), "--decode", str(args.decode), "--started", repr(time.time()),
-           "--cache-dir", cache_dir]
+           "--cache-dir", cache_dir] + (["--only", args.only] if args.only else [])
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("{"):
@@ -122,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--side", choices=("keystroke", "llamacpp"), help=argparse.SUPPRESS)
     ap.add_argument("--started", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--only", choices=("startup",), help="measure only the starts (no long request)")
     ap.add_argument("--agreement", action="store_true",
                     help="instead: how often int8 and fp32 logits agree on the top token (no llama.cpp)")
     args = ap.parse_args(argv)
@@ -133,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.side:   # a child: one measurement, one JSON line
         measure = side_keystroke if args.side == "keystroke" else side_llamacpp
         print(json.dumps(measure(args.models[0], args.prompt, args.decode, args.threads, args.started,
-                                 args.cache_dir)))
+                                 args.cache_dir, startup_only=args.only == "startup")))
         return 0
 
     print(f"{args.threads} threads, {args.prompt}-token prompt from {SOURCE.name}, {args.decode} decode tokens, "
@@ -150,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in runs[side]:
                 r["first_start_s"] = first["start_s"] if side == "keystroke" else r["start_s"]
         for key, label in METRICS:
+            if args.only == "startup" and key not in STARTUP:
+                continue
             ks = statistics.median(r[key] for r in runs["keystroke"])
             lc = statistics.median(r[key] for r in runs["llamacpp"])
             print(f"| {model} | {label} | {ks:.1f} | {lc:.1f} | {ks / lc:.2f}x |", flush=True)

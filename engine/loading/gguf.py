@@ -127,6 +127,7 @@ class GGUFFile:
         except (struct.error, ValueError, UnicodeDecodeError, IndexError, MemoryError):
             raise ModelError(f"{path} is truncated or corrupt (its header cannot be read)",
                              "download or assemble the model file again") from None
+        self.header_len = self._pos   # metadata and tensor table: what header_cache checks
         alignment = int(metadata.get("general.alignment", 32))
         data_start = -(-self._pos // alignment) * alignment
         tensors = []
@@ -358,8 +359,34 @@ def _config(meta: dict[str, Any], arch: str, tensors: dict[str, TensorInfo], pat
     return ModelConfig(**cfg)
 
 
-def load_gguf(path: str | Path) -> tuple[ModelConfig, "GGUFTensors", Tokenizer, dict[str, Any]]:
-    """Read a GGUF file's header: (config, its weights read on demand, tokenizer, summary)."""
+def _tensors(gguf: GGUFFile, cfg: ModelConfig, arch: str) -> GGUFTensors:
+    names = {}
+    for info in gguf.tensors:
+        name = _hf_name(info.name, arch)
+        if name is not None:
+            names[name] = info
+    return GGUFTensors(gguf, names, cfg, arch)
+
+
+def open_weights(path: Path, cfg: ModelConfig) -> GGUFTensors:
+    """The weights of a GGUF whose config is known (from header_cache): the header is parsed, no tokenizer built."""
+    gguf = GGUFFile(Path(path))
+    try:
+        arch = gguf.metadata.get("general.architecture")
+        if arch not in ARCHITECTURES or _config(gguf.metadata, arch, {t.name: t for t in gguf.tensors}, path) != cfg:
+            raise ModelError(f"{path} changed while it was being loaded", "load the model again")
+        return _tensors(gguf, cfg, arch)
+    except BaseException:
+        gguf.close()
+        raise
+
+
+def load_gguf(path: str | Path, tokenizer_dir: Path | None = None
+              ) -> tuple[ModelConfig, "GGUFTensors", Tokenizer, dict[str, Any]]:
+    """Read a GGUF file's header: (config, its weights read on demand, tokenizer, summary).
+
+    The built tokenizer is cached in `tokenizer_dir` (default: the user cache's). The summary's
+    `header_len` is where the header ends (header_cache checks those bytes)."""
     path = Path(path)
     gguf = GGUFFile(path)
     try:
@@ -378,13 +405,9 @@ def load_gguf(path: str | Path) -> tuple[ModelConfig, "GGUFTensors", Tokenizer, 
                              "which keystroke cannot dequantize",
                              "supported: " + ", ".join(sorted(t.name for t in SUPPORTED_TYPES))
                              + "; re-quantize with llama-quantize (e.g. Q8_0 or Q4_K_M)")
-        tokenizer = Tokenizer.from_gguf_metadata({k: v for k, v in meta.items() if k.startswith("tokenizer.")})
-        names = {}
-        for info in gguf.tensors:
-            name = _hf_name(info.name, arch)
-            if name is not None:
-                names[name] = info
-        weights = GGUFTensors(gguf, names, cfg, arch)
+        tokenizer = Tokenizer.from_gguf_metadata({k: v for k, v in meta.items() if k.startswith("tokenizer.")},
+                                                 cache_dir=tokenizer_dir)
+        weights = _tensors(gguf, cfg, arch)
         summary = {
             "name": meta.get("general.name") or path.stem,
             "architecture": arch,
@@ -395,6 +418,7 @@ def load_gguf(path: str | Path) -> tuple[ModelConfig, "GGUFTensors", Tokenizer, 
             "file_type": int(meta["general.file_type"]) if "general.file_type" in meta else None,
             "parameters": sum(math.prod(t.shape) for t in gguf.tensors),
             "context_length": cfg.max_seq_len,
+            "header_len": gguf.header_len,
         }
     except BaseException:
         gguf.close()

@@ -6,6 +6,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ import torch
 from ..errors import ModelError
 from ..model import ModelConfig
 from ..tokenizer import Tokenizer
+from . import header_cache
 from .registry import check_model_path
 
 _EDGE = 1 << 20  # bytes read from each end of a weights file for its fingerprint
@@ -23,10 +25,51 @@ _HF_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "generati
 @dataclass
 class Checkpoint:
     cfg: ModelConfig
-    weights: dict[str, torch.Tensor]   # fp32, canonical Hugging Face names
+    weights: Mapping[str, torch.Tensor]   # fp32, canonical Hugging Face names (see `open_weights`)
     tokenizer: Tokenizer
     fingerprint: str                   # stable id of the weight file(s), for cache keys
     info: dict[str, Any] = field(default_factory=dict)
+    # When the header came from the cache, the weights are not opened until a model is built from them.
+    open_weights: Callable[[], Mapping[str, torch.Tensor]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.open_weights is not None:
+            self.weights = _Deferred(self.open_weights)
+
+
+class _Deferred(Mapping):
+    """A checkpoint's weights opened on first use (a cached header left the GGUF file unread)."""
+
+    def __init__(self, open_weights: Callable[[], Mapping[str, torch.Tensor]]) -> None:
+        self._open, self._real = open_weights, None
+
+    def real(self) -> Mapping[str, torch.Tensor]:
+        if self._real is None:
+            self._real = self._open()
+        return self._real
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.real()[name]
+
+    def __iter__(self):
+        return iter(self.real())
+
+    def __len__(self) -> int:
+        return len(self.real())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.real()
+
+    def __getattr__(self, name: str):   # pop, pop_converted, progress, close: the real mapping's
+        if name == "close" and self._real is None:
+            return lambda: None   # never opened: nothing to close
+        return getattr(self.real(), name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in ("_open", "_real"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.real(), name, value)
 
 
 def fingerprint(files: list[Path]) -> str:
@@ -47,8 +90,11 @@ def fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()[:32]
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load a .gguf file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json)."""
+def load_checkpoint(path: str | Path, cache_dir: Path | None = None) -> Checkpoint:
+    """Load a .gguf file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).
+
+    With `cache_dir`, a GGUF's header (config, tokenizer) is read from `header_cache` once it has been
+    parsed, and its built tokenizer is kept there too."""
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelError(f"model path {path} does not exist",
@@ -83,10 +129,26 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise ModelError(f"{path} is neither a .gguf file nor a model folder",
                              "pass a .gguf file or a folder with config.json, *.safetensors "
                              "and tokenizer.json")
+    fp = fingerprint([path])
+    if cache_dir is not None:
+        hit = header_cache.load(cache_dir, fp, path)
+        if hit is not None:
+            cfg, info, tokenizer = hit
+            return _checkpoint(cfg, {}, tokenizer, fp, info, open_weights=lambda: _gguf_weights(path, cfg))
     from .gguf import load_gguf
 
-    cfg, weights, tokenizer, info = load_gguf(path)
-    return _checkpoint(cfg, weights, tokenizer, fingerprint([path]), info)
+    tok_dir = header_cache.tokenizer_dir(cache_dir) if cache_dir is not None else None
+    cfg, weights, tokenizer, info = load_gguf(path, tokenizer_dir=tok_dir)
+    if cache_dir is not None:
+        header_cache.save(cache_dir, fp, path, info["header_len"], cfg, info, tokenizer)
+    return _checkpoint(cfg, weights, tokenizer, fp, info)
+
+
+def _gguf_weights(path: Path, cfg: ModelConfig) -> Mapping[str, torch.Tensor]:
+    """The tensors of a GGUF whose header came from the cache (the header is parsed now, the tokenizer not)."""
+    from .gguf import open_weights
+
+    return open_weights(path, cfg)
 
 
 def release_freed_memory() -> None:
@@ -121,8 +183,8 @@ def _read_magic(path: Path) -> bytes:
         os.close(fd)
 
 
-def _checkpoint(cfg: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: Tokenizer,
-                fp: str, info: dict[str, Any]) -> Checkpoint:
+def _checkpoint(cfg: ModelConfig, weights: Mapping[str, torch.Tensor], tokenizer: Tokenizer,
+                fp: str, info: dict[str, Any], open_weights=None) -> Checkpoint:
     # Embedding tables are often padded past the tokenizer (Qwen2.5: 151,936 rows for 151,665
     # tokens). The tokenizer then covers every logit: the extra ids decode to ''.
     if cfg.vocab_size > tokenizer.vocab_size:
@@ -130,4 +192,4 @@ def _checkpoint(cfg: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: T
     elif cfg.vocab_size < tokenizer.vocab_size:
         raise ModelError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                          f"{cfg.vocab_size} embeddings", "the tokenizer does not belong to these weights")
-    return Checkpoint(cfg, weights, tokenizer, fp, info)
+    return Checkpoint(cfg, weights, tokenizer, fp, info, open_weights)

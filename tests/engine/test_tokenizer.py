@@ -167,10 +167,10 @@ def test_gemma_tokenizer_is_built_once_then_read_from_the_cache(tmp_path, monkey
     start = time.perf_counter()
     cold = Tokenizer.from_gguf_metadata(meta, cache_dir=tmp_path)
     cold_s = time.perf_counter() - start
-    assert len(list(tmp_path.glob("*.json"))) == 1
+    assert len(list(tmp_path.glob("*.tok"))) == 1
 
     def no_rebuild(*args, **kwargs):
-        raise AssertionError("rebuilt although a cached tokenizer.json exists")
+        raise AssertionError("rebuilt although a cached tokenizer exists")
 
     monkeypatch.setattr(tokmod, "_build_sentencepiece", no_rebuild)
     start = time.perf_counter()
@@ -183,6 +183,6 @@ def test_gemma_tokenizer_is_built_once_then_read_from_the_cache(tmp_path, monkey
 
     # A corrupt cache entry is rebuilt, not fatal.
     monkeypatch.undo()
-    next(tmp_path.glob("*.json")).write_text("{broken")
+    next(tmp_path.glob("*.tok")).write_text("{broken")
     again = Tokenizer.from_gguf_metadata(meta, cache_dir=tmp_path)
     assert again.encode(sample) == cold.encode(sample)
