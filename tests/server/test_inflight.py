@@ -136,6 +136,23 @@ async def response(local: LocalServer, msg_id: str) -> dict:
     raise AssertionError(f"no response to {msg_id}")
 
 
+def open_and_ask(local: LocalServer, uri: str, text: str) -> None:
+    """Open `text` and ask at its end (request id "first"), without waiting for the answer."""
+    local.open(uri, text)
+    local.send({"jsonrpc": "2.0", "id": "first", "method": "textDocument/inlineCompletion",
+                "params": inline_params(uri, text)})
+
+
+async def type_and_ask(local: LocalServer, uri: str, text: str, typed: str) -> dict:
+    """Type `typed` at the end of `text` (version 2) and ask there (id "second"); its response."""
+    line, char = cursor_at_end(text)
+    local.change(uri, 2, [{"range": {"start": {"line": line, "character": char},
+                                     "end": {"line": line, "character": char}}, "text": typed}])
+    local.send({"jsonrpc": "2.0", "id": "second", "method": "textDocument/inlineCompletion",
+                "params": inline_params(uri, text + typed)})
+    return await response(local, "second")
+
+
 def expected(backend: Any, tmp_path: Path, uri: str, text: str) -> list[str]:
     doc = DocumentView(uri, text, "python", Path(to_fs_path(uri)))
     return pipeline.complete(backend, doc, len(text), [], Config(), workspace_root=tmp_path).suggestions
@@ -149,18 +166,11 @@ async def test_a_keystroke_into_the_running_generation_is_answered_from_it(model
     text = "def total(items):\n    return sum("
     whole = expected(reference_backend, tmp_path, uri, text)
     assert whole and len(whole[0]) >= 2, f"the tiny model wrote too little to type into: {whole}"
-    local.open(uri, text)
-    local.send({"jsonrpc": "2.0", "id": "first", "method": "textDocument/inlineCompletion",
-                "params": inline_params(uri, text)})
+    open_and_ask(local, uri, text)
     f = await written(local, 1)
     typed = f.text[:1]
     assert whole[0].startswith(typed)          # the server writes what a fresh request writes
-    line, char = cursor_at_end(text)
-    local.change(uri, 2, [{"range": {"start": {"line": line, "character": char},
-                                     "end": {"line": line, "character": char}}, "text": typed}])
-    local.send({"jsonrpc": "2.0", "id": "second", "method": "textDocument/inlineCompletion",
-                "params": inline_params(uri, text + typed)})
-    second = await response(local, "second")
+    second = await type_and_ask(local, uri, text, typed)
     first = await response(local, "first")
     assert first["result"] is None             # its document moved on: stale
     counts = local.server.flights.summary()
@@ -187,17 +197,10 @@ async def test_a_keystroke_the_generation_does_not_write_cuts_it_and_runs_the_mo
     whole = expected(reference_backend, tmp_path, uri, text)
     assert whole and whole[0]
     typed = "\u00a7" * 3 if not whole[0].startswith("\u00a7") else "\u00b6" * 3   # never its first characters
-    local.open(uri, text)
-    local.send({"jsonrpc": "2.0", "id": "first", "method": "textDocument/inlineCompletion",
-                "params": inline_params(uri, text)})
+    open_and_ask(local, uri, text)
     f = await written(local, 0)
     assert f.text == "", "the first token arrived before the keystroke: the test would prove nothing"
-    line, char = cursor_at_end(text)
-    local.change(uri, 2, [{"range": {"start": {"line": line, "character": char},
-                                     "end": {"line": line, "character": char}}, "text": typed}])
-    local.send({"jsonrpc": "2.0", "id": "second", "method": "textDocument/inlineCompletion",
-                "params": inline_params(uri, text + typed)})
-    second = await response(local, "second")
+    second = await type_and_ask(local, uri, text, typed)
     await response(local, "first")
     assert f.ticket.is_cancelled() and f.ticket.reason == "diverged"
     counts = local.server.flights.summary()
