@@ -150,10 +150,8 @@ class Scheduler:
         (value,) = await fut
         return value
 
-    def speculate(self, make_work: Callable[[Ticket], Callable[[], Any]], *,
-                  delay_s: float = 0.0) -> tuple[Ticket, "asyncio.Future[Any]"]:
-        """Queue speculative work at the lowest priority, after `delay_s`; any user request queued
-        later cancels it (cancelled before the delay is over, it never reaches the worker).
+    def speculate(self, make_work: Callable[[Ticket], Callable[[], Any]]) -> tuple[Ticket, "asyncio.Future[Any]"]:
+        """Queue speculative work at the lowest priority; any user request queued later cancels it.
 
         The future resolves to a 1-tuple of the value, or None when the work was
         cancelled before it started; an exception when it failed."""
@@ -166,18 +164,7 @@ class Scheduler:
             fut.set_result(None)
             return ticket, fut
         self._speculative.add(ticket)
-        job = _Job(make_work(ticket), fut, loop, ticket, priority=SPECULATIVE)
-
-        def queue_it() -> None:
-            if ticket.is_cancelled() or self._closed:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                self._put(job, SPECULATIVE)
-        if delay_s > 0:
-            loop.call_later(delay_s, queue_it)
-        else:
-            queue_it()
+        self._put(_Job(make_work(ticket), fut, loop, ticket, priority=SPECULATIVE), SPECULATIVE)
         return ticket, fut
 
     def preempt(self) -> None:

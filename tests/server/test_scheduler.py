@@ -209,14 +209,3 @@ async def test_a_newer_request_supersedes_one_waiting_on_speculation(scheduler):
     assert (await waiting).status == "superseded"
     assert (await newer).status == "done"
 
-
-async def test_delayed_speculation_cancelled_before_its_delay_never_runs(scheduler):
-    spec = Decoder(steps=3, step_s=0)
-    ticket, fut = scheduler.speculate(spec.work("s"), delay_s=0.1)
-    await asyncio.sleep(0.02)
-    out = await scheduler.run(("a", "x"), Decoder(steps=1, step_s=0).work("user"))   # preempts it
-    assert out.status == "done" and ticket.is_cancelled()
-    assert await asyncio.wait_for(fut, 1) is None and spec.finished == []
-    assert not scheduler.preempt_waits_ms, "the user request never waited behind it"
-    _, later = scheduler.speculate(spec.work("t"), delay_s=0.05)
-    assert (await asyncio.wait_for(later, 1)) == (("t", 3),)
