@@ -20,7 +20,7 @@ from .api import Candidate, CompletionRequest, CompletionResult, Timings
 from .cache.kvstore import KVStore
 from .cache.responses import ResponseCache, make_key
 from .errors import KeystrokeError
-from .generate import generate
+from .generate import Generated, generate
 from .loading.loader import load_checkpoint, release_freed_memory
 from .loading.registry import DEFAULT_MODEL, resolve
 from .model import Transformer
@@ -209,7 +209,7 @@ class Engine:
             t1 = time.perf_counter()
             deadline = started + req.stop.deadline_ms / 1000 if req.stop.deadline_ms else None
             line = req.prefix.rsplit("\n", 1)[-1]
-            def run(avoid_first: int | None = None) -> list:
+            def run(avoid_first: int | None = None) -> list[Generated]:
                 return generate(self.model, cache, logits, self.tokenizer, sampling=req.sampling, stop=req.stop,
                                 n=max(1, req.n), is_cancelled=req.is_cancelled, heal=plan,
                                 line_before_cursor=line, deadline=deadline, prompt_ids=ids, suffix=req.suffix,
@@ -238,7 +238,7 @@ class Engine:
             self.responses.put(key, candidates)
         return CompletionResult(candidates, timings)
 
-    def _retyped_suffix(self, outs: list) -> int | None:
+    def _retyped_suffix(self, outs: list[Generated]) -> int | None:
         """The first content token of a lone candidate that only re-typed the suffix (cut to nothing), else None.
 
         At a blank line the model often writes the next line of the code below instead of the
