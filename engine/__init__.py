@@ -11,13 +11,9 @@ remote), `registry` (named models: `list_models`, `pull`, `resolve`),
 `cache/` (KV and response caches), `remote/` (a server over HTTP); `model`,
 `generate`, `sampling`, `stops`, `healing`, `fim` and `tokenizer` at the top.
 """
-import os
+from .threads import configure_openmp
 
-# OpenMP threads that spin while waiting collapse when the machine is busy
-# (an editor, a build, tests): measured on 2 cores under load, Gemma decode
-# fell from 54 to 1.3 tok/s with spinning threads. Passive waiting costs
-# little on an idle machine. Only effective before torch is first imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+configure_openmp()   # how torch's threads wait: before torch is first imported (see threads.py)
 
 from .api import (Backend, Candidate, CompletionRequest, CompletionResult, SamplingParams, StopPolicy,
                   Timings)

@@ -27,6 +27,7 @@ from .model import Transformer
 from .paths import cache_root
 from .loading import packed
 from .quantize import KERNELS, Packer, pick_quant
+from .threads import ThreadBudget
 
 log = logging.getLogger("keystroke.engine")
 
@@ -67,6 +68,8 @@ class Engine:
         self.store = store
         self.responses = responses
         self.max_prompt_tokens = min(max_prompt_tokens, self.cfg.max_seq_len)
+        # On a CPU, a request runs on fewer threads while other processes keep cores busy (threads.py).
+        self._threads = ThreadBudget(torch.get_num_threads() if device.type == "cpu" else 1)
         # Generated tokens' K/V are kept for the next request only where decode steps compute
         # them exactly as a prefill would (not int8's: see model.exact_attention).
         self.keep_generated = keep_generated
@@ -157,6 +160,9 @@ class Engine:
         with self._lock:  # one model, one request at a time
             queue_ms = (time.perf_counter() - t_start) * 1000
             started = time.monotonic() - queue_ms / 1000   # a deadline counts from the request, queue included
+            threads = self._threads.pick()
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
             with torch.inference_mode():
                 result = self._complete(req, started)
             result.timings.queue_ms = queue_ms
@@ -280,6 +286,7 @@ class Engine:
     def info(self) -> dict:
         return {"backend": "local", "model": self.name, "path": str(self.path), "family": self.cfg.family,
                 "device": str(self.device), "quant": self.quant, "threads": torch.get_num_threads(),
+                "most_threads": self._threads.most, "other_processes_busy_cores": self._threads.others_busy,
                 "fim": self.template.name if self.template else None, **self.checkpoint_info}
 
     def stats(self) -> dict:

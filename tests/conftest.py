@@ -1,11 +1,10 @@
 """Shared test setup: the repository root on sys.path (for `tests.tiny`), tiny checkpoints."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as keystroke.engine does, before torch loads
+import keystroke.engine  # noqa: F401  (sets how torch's threads wait, before torch loads)
 
 import pytest
 
