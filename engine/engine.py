@@ -21,7 +21,7 @@ from .cache.kvstore import KVStore
 from .cache.responses import ResponseCache, make_key
 from .errors import KeystrokeError
 from .generate import Generated, generate
-from .loading.loader import load_checkpoint, release_freed_memory
+from .loading.loader import fingerprint, load_checkpoint, release_freed_memory
 from .loading.registry import DEFAULT_MODEL, resolve
 from .model import Transformer
 from .paths import cache_root
@@ -103,10 +103,14 @@ class Engine:
         path = resolve(name)
         t0 = time.perf_counter()
         root = Path(cache_dir) if cache_dir else cache_root()
+        check = None
+        if quant == "int8" and dev.type == "cpu" and weights_cache and Path(path).is_file():
+            # The packed weights' CRC runs beside the tokenizer's build (packed.py): started first.
+            check = packed.FileCheck(packed.cache_path(root, fingerprint([Path(path)]), quant))
         ckpt = load_checkpoint(path, root)   # the header and tokenizer; a GGUF's tensors are read on demand
         release_freed_memory()         # before the weights arrive: the peak is then one of the two, not both
         try:
-            net = cls._build(ckpt, quant, dev, root if weights_cache else None, name)
+            net = cls._build(ckpt, quant, dev, root if weights_cache else None, name, check)
         finally:
             close = getattr(ckpt.weights, "close", None)
             if close is not None:
@@ -127,7 +131,8 @@ class Engine:
                    keep_generated=not net.exact_attention, response_cache=response_cache)
 
     @staticmethod
-    def _build(ckpt, quant: str, dev: torch.device, root: Path | None, name: str) -> Transformer:
+    def _build(ckpt, quant: str, dev: torch.device, root: Path | None, name: str,
+               check: "packed.FileCheck | None" = None) -> Transformer:
         """The model in its run format: mapped from the packed cache, or converted (and cached) once."""
         if dev.type == "cuda":
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(quant, torch.float32)
@@ -144,7 +149,7 @@ class Engine:
             return Transformer.from_weights(ckpt.cfg, ckpt.weights, packer=Packer("fp16"))
         key = packed.cache_key(ckpt.fingerprint, quant)
         where = packed.cache_path(root, ckpt.fingerprint, quant) if root is not None else None
-        net = packed.load(where, key, ckpt.cfg) if where is not None else None
+        net = packed.load(where, key, ckpt.cfg, check) if where is not None else None
         if net is None:
             if hasattr(ckpt.weights, "progress"):
                 ckpt.weights.progress = _progress(name, where is not None)
