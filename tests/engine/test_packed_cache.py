@@ -93,3 +93,18 @@ def test_a_cache_file_of_other_weights_is_not_used(gguf_path, tmp_path, monkeypa
 def test_without_the_weights_cache_nothing_is_written(gguf_path, tmp_path):
     Engine.load(gguf_path, quant="int8", cache_dir=tmp_path, persist=False, weights_cache=False)
     assert cache_files(tmp_path) == []
+
+
+def test_without_the_cksum_command_zlib_checks_the_data(gguf_path, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(packed, "_cksum", lambda: None)
+    ref = logits(Engine.load(gguf_path, quant="int8", cache_dir=tmp_path, persist=False))
+    [file] = cache_files(tmp_path)
+    with monkeypatch.context() as m:
+        no_conversion(m)
+        assert torch.equal(logits(Engine.load(gguf_path, quant="int8", cache_dir=tmp_path, persist=False)), ref)
+    data = bytearray(file.read_bytes())
+    data[len(data) * 2 // 3] ^= 0x10
+    file.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="keystroke.engine"):
+        assert torch.equal(logits(Engine.load(gguf_path, quant="int8", cache_dir=tmp_path, persist=False)), ref)
+    assert "damaged" in caplog.text

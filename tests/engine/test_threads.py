@@ -17,27 +17,39 @@ def cpus() -> int:
         return sum(1 for line in f if line.startswith("cpu") and line[3].isdigit())
 
 
+def expected(budget: ThreadBudget, n: int) -> int:
+    return max(1, min(budget.most, int(n - budget.others_busy + 0.5)))
+
+
 def test_a_busy_core_elsewhere_takes_a_thread_and_gives_it_back_when_it_stops() -> None:
+    """Judged against what else the machine was doing (CI may run something beside the tests)."""
     n = cpus()
     budget = ThreadBudget(n, min_window_s=0.2)
     assert budget.adaptive == (n > 1)
+    budget.pick()
+    time.sleep(0.6)
+    quiet = budget.pick()
+    before = budget.others_busy
+    assert quiet == expected(budget, n)
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.2)
         budget.pick()               # the window starts with the busy process running
         time.sleep(0.8)
         busy = budget.pick()
-        seen = budget.others_busy
+        during = budget.others_busy
     finally:
         hog.kill()
         hog.wait()
-    assert seen >= 0.6, seen        # the loop kept about one core busy
-    assert busy == max(1, n - 1)
+    assert busy == expected(budget, n) and busy < n
     time.sleep(0.3)
     budget.pick()                   # a window that still holds the end of the loop
     time.sleep(0.8)
-    assert budget.pick() == n
-    assert budget.others_busy < 0.5
+    after = budget.pick()
+    assert after == expected(budget, n)
+    if before < 0.3:                # nothing else running: all threads, then one fewer, then all again
+        assert during >= 0.6, during    # the loop kept about one core busy
+        assert (quiet, busy, after) == (n, n - 1, n)
 
 
 def test_back_to_back_requests_keep_the_last_choice() -> None:
