@@ -86,17 +86,9 @@ class Int8Linear(nn.Module):
         xq, xs = quantize_rows(x2)
         if self.fine and not (self.phase is not None and self.phase.decode):
             rq, rs = quantize_rows(x2 - xq.float() * xs)
-            if x2.shape[0] == 1:
-                # One prompt token (typing's usual prefill): its two rows as two W @ x products, the
-                # same exact integer sums as the two-row product below, and faster (see forward's
-                # one-token branch): the same result, bit for bit.
-                hi = torch._int_mm(self.weight, xq.view(-1, 1)).view(1, -1).float()
-                lo = torch._int_mm(self.weight, rq.view(-1, 1)).view(1, -1).float()
-                y = hi.mul_(xs).add_(lo.mul_(rs)).mul_(self.scale)
-            else:
-                both = torch._int_mm(torch.cat([xq, rq]), self.weight.t()).float()
-                m = x2.shape[0]
-                y = both[:m].mul_(xs).add_(both[m:].mul_(rs)).mul_(self.scale)
+            both = torch._int_mm(torch.cat([xq, rq]), self.weight.t()).float()
+            m = x2.shape[0]
+            y = both[:m].mul_(xs).add_(both[m:].mul_(rs)).mul_(self.scale)
         elif x2.shape[0] == 1:
             # One token: W @ x^T, the same exact integer sums as x @ W^T, measured faster at
             # M=1 (Qwen2.5 0.5B's shapes: 37 -> 22 us for q/k/v, 154 -> 94 us for down).

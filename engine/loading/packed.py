@@ -185,7 +185,9 @@ def load(path: Path, key: str, cfg: ModelConfig, check: FileCheck | None = None)
             meta = f.metadata() or {}
             if meta.get("key") != key or meta.get("config") != _config_json(cfg):
                 raise ValueError("it belongs to other weights")
-            recorded = meta["checksum"]
+            recorded = meta.get("checksum")
+            if not recorded:
+                raise ValueError("it records no checksum")
             tensors = {name: f.get_tensor(name) for name in f.keys()}
         if check is None or check.path != Path(path):
             check = FileCheck(path)
