@@ -104,6 +104,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # One fused call instead of five ops (8x faster for one token); computed in float32.
+        if x.dtype == self.weight.dtype == torch.float32:   # the int8 path: no conversions to dispatch
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 

@@ -14,7 +14,7 @@ import torch
 
 from keystroke.engine import Engine
 from keystroke.engine.api import CompletionRequest, StopPolicy
-from keystroke.engine.quantize import Int8Embedding, Int8Linear, quantize_rows
+from keystroke.engine.quantize import Int8Embedding, Int8Linear, Phase, quantize_rows
 
 
 @pytest.mark.parametrize("fine", [False, True])
@@ -32,6 +32,21 @@ def test_int8_linear_rows_do_not_depend_on_their_neighbours(fine):
     exact = torch.nn.functional.linear(x, lin.weight.float() * lin.scale[:, None], b)
     rel = ((together - exact).norm(dim=1) / exact.norm(dim=1)).max().item()
     assert rel < (1e-4 if fine else 0.05), rel
+
+
+def test_a_decode_step_row_is_one_int8_row_with_its_own_scale():
+    """The decode branch quantizes with a Python-float scale: it must equal quantize_rows' int8 product."""
+    torch.manual_seed(1)
+    lin = Int8Linear.from_float(torch.randn(96, 64), torch.randn(96))
+    lin.phase = Phase()
+    lin.phase.decode = True
+    for size in (1e-3, 1.0, 1e3):
+        x = torch.randn(1, 64) * size
+        y = lin(x)
+        xq, xs = quantize_rows(x)
+        ref = (xq.float() @ lin.weight.float().t()) * xs * lin.scale + lin.bias
+        assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item()), size
+    assert torch.equal(lin(torch.zeros(1, 64)), lin.bias.view(1, -1))   # an all-zero row stays finite
 
 
 def test_quantize_rows_is_symmetric_int8_with_one_scale_per_row():
