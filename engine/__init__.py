@@ -9,7 +9,7 @@ first use, it imports torch), `EngineSettings` and `make_backend(settings)` (loc
 remote), `registry` (named models: `list_models`, `pull`, `resolve`),
 `DEFAULT_MODEL` and `cache_root()`. The parts: `loading/` (model files),
 `cache/` (KV and response caches), `remote/` (a server over HTTP); `model`,
-`generate`, `sampling`, `stops`, `healing`, `fim` and `tokenizer` at the top.
+`generate`, `sampling`, `stops`, `healing`, `fim`, `tokenizer` and `threads` at the top.
 """
 from .threads import configure_openmp
 
