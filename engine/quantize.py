@@ -139,15 +139,6 @@ class Fp16Linear(nn.Module):
         self.packed = torch.ops.quantized.linear_prepack_fp16(
             weight.float(), None if bias is None else bias.float())
 
-    def _one_row(self, x: torch.Tensor) -> torch.Tensor:
-        """A decode step's one activation row: its scale as a Python float, so quantizing it and
-        scaling the result back take 6 operations where `quantize_rows` and the tensor scale take 10;
-        measured 9-12 us less per product (of 45-55 for Qwen 0.5B's small ones). W @ x^T: the same
-        exact integer sums as x @ W^T, faster at M=1 (Qwen2.5 0.5B: 37 -> 22 us for q/k/v)."""
-        step = max(float(x.abs().amax()), 1e-30) / 127.0
-        xq = x.mul(1.0 / step).round_().to(torch.int8)
-        return torch._int_mm(self.weight, xq.view(-1, 1)).view(1, -1).mul(self.scale * step)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         y = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, shape[-1]), self.packed)
