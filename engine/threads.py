@@ -14,8 +14,9 @@ sleeping thread for each costs about 0.4 ms here (a virtual machine's
 wake-ups are slow), so passive waiting gives away a third of decode. Spinning
 threads, though, collapse when another process holds a core: each waits out
 its spin for a partner that is not running. So the threads spin a bounded
-time (libgomp's GOMP_SPINCOUNT, about 5 ms, then sleep: an idle server burns
-nothing), and a request uses one thread fewer for each core that other
+time (libgomp's GOMP_SPINCOUNT, about 5 ms, then sleep: about 7 ms of CPU
+after each request, where an unbounded spin holds a core while the server
+idles), and a request uses one thread fewer for each core that other
 processes kept busy since the last request.
 """
 from __future__ import annotations
