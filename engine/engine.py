@@ -105,7 +105,7 @@ class Engine:
         root = Path(cache_dir) if cache_dir else cache_root()
         check = None
         if quant == "int8" and dev.type == "cpu" and weights_cache and Path(path).is_file():
-            # The packed weights' CRC runs beside the tokenizer's build (packed.py): started first.
+            # The packed weights' checksum runs beside the tokenizer's build (packed.FileCheck): started first.
             check = packed.FileCheck(packed.cache_path(root, fingerprint([Path(path)]), quant))
         ckpt = load_checkpoint(path, root)   # the header and tokenizer; a GGUF's tensors are read on demand
         release_freed_memory()         # before the weights arrive: the peak is then one of the two, not both
