@@ -103,11 +103,12 @@ class Engine:
         path = resolve(name)
         t0 = time.perf_counter()
         root = Path(cache_dir) if cache_dir else cache_root()
-        check = None
+        check, gguf_fp = None, None
         if quant == "int8" and dev.type == "cpu" and weights_cache and Path(path).is_file():
             # The packed weights' checksum runs beside the tokenizer's build (packed.FileCheck): started first.
-            check = packed.FileCheck(packed.cache_path(root, fingerprint([Path(path)]), quant))
-        ckpt = load_checkpoint(path, root)   # the header and tokenizer; a GGUF's tensors are read on demand
+            gguf_fp = fingerprint([Path(path)])
+            check = packed.FileCheck(packed.cache_path(root, gguf_fp, quant))
+        ckpt = load_checkpoint(path, root, gguf_fp)   # the header and tokenizer; a GGUF's tensors are read on demand
         release_freed_memory()         # before the weights arrive: the peak is then one of the two, not both
         try:
             net = cls._build(ckpt, quant, dev, root if weights_cache else None, name, check)

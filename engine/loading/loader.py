@@ -90,7 +90,7 @@ def fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()[:32]
 
 
-def load_checkpoint(path: str | Path, cache_dir: Path | None = None) -> Checkpoint:
+def load_checkpoint(path: str | Path, cache_dir: Path | None = None, gguf_fingerprint: str | None = None) -> Checkpoint:
     """Load a .gguf file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).
 
     With `cache_dir`, a GGUF's header (config, tokenizer) is read from `header_cache` once it has been
@@ -129,7 +129,7 @@ def load_checkpoint(path: str | Path, cache_dir: Path | None = None) -> Checkpoi
             raise ModelError(f"{path} is neither a .gguf file nor a model folder",
                              "pass a .gguf file or a folder with config.json, *.safetensors "
                              "and tokenizer.json")
-    fp = fingerprint([path])
+    fp = gguf_fingerprint or fingerprint([path])   # a caller that already computed it (Engine.load) passes it
     if cache_dir is not None:
         hit = header_cache.load(cache_dir, fp, path)
         if hit is not None:
