@@ -101,6 +101,7 @@ class Timings:
     reused_disk_tokens: int = 0
     computed_tokens: int = 0
     decode_tokens: int = 0
+    decode_passes: int = 0          # model passes of the decode loop: fewer than tokens when drafts were taken
     response_cache_hit: bool = False
 
     @property

@@ -36,6 +36,9 @@ PREFILL_CHUNK = 256
 # When a prompt is longer than the limit its start is cut, in steps of this
 # many tokens, so that the cut point (and with it the cache) moves rarely.
 TRUNCATE_STEP = 512
+# Tokens a greedy decode step may guess from the text itself (lookup.py); int8 only, where checking
+# a guess computes every row bit for bit as a one-token step does (quantize.Int8Linear._step_rows).
+DRAFT_TOKENS = 4
 
 
 def _progress(name: str, cached: bool):
@@ -74,11 +77,12 @@ class Engine:
         # them exactly as a prefill would (not int8's: see model.exact_attention).
         self.keep_generated = keep_generated
         self.template = fim.detect_template(tokenizer)
+        self.draft_tokens = DRAFT_TOKENS if quant == "int8" and device.type == "cpu" else 0
         self._response_cache = response_cache
         self._lock = threading.Lock()
         self._counters = {"requests": 0, "response_cache_hits": 0,
                           "computed_tokens": 0, "reused_memory_tokens": 0, "reused_disk_tokens": 0,
-                          "decode_tokens": 0, "prefill_ms": 0.0, "decode_ms": 0.0}
+                          "decode_tokens": 0, "decode_passes": 0, "prefill_ms": 0.0, "decode_ms": 0.0}
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -225,17 +229,19 @@ class Engine:
                 return generate(self.model, cache, logits, self.tokenizer, sampling=req.sampling, stop=req.stop,
                                 n=max(1, req.n), is_cancelled=req.is_cancelled, heal=plan,
                                 line_before_cursor=line, deadline=deadline, prompt_ids=ids, suffix=req.suffix,
-                                on_text=req.on_text, avoid_first=avoid_first)
+                                on_text=req.on_text, avoid_first=avoid_first, draft=self.draft_tokens)
             outs = run()
             if (again := self._retyped_suffix(outs)) is not None:
                 # The model's first choice was the code below the cursor, which the stop rule cut to
                 # nothing: ask once more from the prompt, without that choice's first token.
                 first_try = sum(len(o.ids) for o in outs)
+                timings.decode_passes += outs[0].passes
                 cache.truncate(len(ids))
                 outs = run(avoid_first=again)
                 timings.decode_tokens += first_try
             timings.decode_ms = (time.perf_counter() - t1) * 1000
             timings.decode_tokens += sum(len(o.ids) for o in outs)
+            timings.decode_passes += outs[0].passes if outs else 0
         finally:
             if req.use_cache:
                 # Whatever happened, hand the document's cache back holding what it really holds.
@@ -286,6 +292,7 @@ class Engine:
         c["reused_memory_tokens"] += t.reused_memory_tokens
         c["reused_disk_tokens"] += t.reused_disk_tokens
         c["decode_tokens"] += t.decode_tokens
+        c["decode_passes"] += t.decode_passes
         c["prefill_ms"] += t.prefill_ms
         c["decode_ms"] += t.decode_ms
 

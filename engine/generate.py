@@ -31,6 +31,7 @@ from .api import SamplingParams, StopPolicy, StopReason
 from .healing import HealPlan, vocab_index
 from .languages import code_lexicon
 from .lexer import scan
+from .lookup import Drafter
 from .cache.kvcache import KVCache
 from .sampling import make_generator, sample
 from .stops import StopChecker
@@ -48,6 +49,7 @@ class Generated:
     text: str                   # the completion text at the cursor, cut by the stop rule
     stop_reason: StopReason
     fed: int = 0                # generated tokens run through the model (in the cache for n == 1)
+    passes: int = 0             # model passes of the loop that wrote it (shared by the n candidates)
 
     @property
     def tokens(self) -> int:
@@ -107,7 +109,8 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
              is_cancelled: Callable[[], bool] = lambda: False, heal: HealPlan | None = None,
              line_before_cursor: str = "", deadline: float | None = None,
              prompt_ids: Sequence[int] = (), suffix: str = "",
-             on_text: Callable[[str], None] | None = None, avoid_first: int | None = None) -> list[Generated]:
+             on_text: Callable[[str], None] | None = None, avoid_first: int | None = None,
+             draft: int = 0) -> list[Generated]:
     """Decode up to `stop.max_tokens` tokens per candidate after a prefilled prompt.
 
     `cache` (batch 1) holds the prompt and `last_logits` (1, V) are its last
@@ -120,6 +123,11 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
     the model re-type it. `on_text` (n == 1) gets the text so far after each
     token. `avoid_first` is a token no row may start its content with (see
     Engine: the second try after a first one that only re-typed the suffix).
+    `draft` (greedy, n == 1) is how many tokens a step may guess from the text
+    itself (lookup.py): the model runs on the sampled token and the guess in
+    one pass, and each guessed token the model would have chosen anyway is
+    taken without a pass of its own. The result, and what stays in the cache,
+    is the same as without drafting, bit for bit (model.Transformer.forward).
     Returns the candidates with distinct texts, in order.
     """
     if n < 1:
@@ -147,6 +155,13 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
     if avoid_first is not None and 0 <= avoid_first < logits.shape[-1]:
         avoided = torch.zeros(logits.shape[-1], dtype=torch.bool)
         avoided[avoid_first] = True
+
+    drafter = (Drafter(list(prompt_ids) or context, draft)
+               if draft > 0 and n == 1 and sampling.temperature <= 0 else None)
+    base = work.length if drafter is not None else 0   # where the generated tokens' K/V start
+    guessed: list[int] = []        # drafted tokens the model has run on, not yet sampled
+    ahead: list[torch.Tensor] = []  # the logits after each of them
+    passes = 0
 
     def finish(reason: StopReason) -> None:
         for row in rows:
@@ -193,11 +208,33 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
                 row.reason = "max_tokens"
         if all(row.reason is not None for row in rows):
             break
-        logits = model(tokens.view(n, 1), work, decode=True)
+        if drafter is None:
+            logits = model(tokens.view(n, 1), work, decode=True)
+            passes += 1
+        else:
+            token = int(tokens[0])
+            drafter.push(token)
+            if guessed and guessed[0] == token:   # the model already ran on this token
+                guessed.pop(0)
+                logits = ahead.pop(0)
+            else:
+                work.truncate(base + rows[0].fed)   # drop the K/V of guesses that were wrong
+                guessed = drafter.draft()
+                # A pass over guesses is longer than a one-token step: cancellation may stop it
+                # between layers, so that it never delays another request by more than a step.
+                out = model(torch.tensor([[token] + guessed]), work, decode=True, last_only=False,
+                            stop=is_cancelled if guessed else None)
+                passes += 1
+                if out is None:
+                    finish("cancelled")
+                    break
+                logits, ahead = out[:, 0], [out[:, i] for i in range(1, out.shape[1])]
         allowed = _healing_mask(rows, heal, tokenizer, logits.shape[-1])
         for row in rows:
             if row.reason is None:
                 row.fed += 1
+    if drafter is not None:
+        work.truncate(base + rows[0].fed)
     out: list[Generated] = []
     seen: set[str] = set()
     for row in rows:
@@ -205,7 +242,7 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
         if text in seen:
             continue
         seen.add(text)
-        out.append(Generated(row.ids, text, row.reason or "max_tokens", row.fed))
+        out.append(Generated(row.ids, text, row.reason or "max_tokens", row.fed, passes))
     return out
 
 

@@ -176,6 +176,12 @@ class Attention(nn.Module):
             out = exact_attention(q, keys, values, mask, self.scale)
         elif T == 1:
             out = step_attention(q, keys, values, self.scale, self.window)
+        elif mask is None:
+            # Decode rows (a step that checks drafted tokens): each attends exactly as a one-token
+            # step at its position would, so checking a draft changes no bit of what is computed.
+            first = keys.shape[2] - T + 1
+            out = torch.cat([step_attention(q[:, :, i:i + 1], keys[:, :, :first + i], values[:, :, :first + i],
+                                            self.scale, self.window) for i in range(T)], dim=2)
         else:
             keys, values = keys.to(q.dtype), values.to(q.dtype)
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale,
@@ -304,7 +310,8 @@ class Transformer(nn.Module):
 
         Logits are (B, V) for the last position when `last_only`, else (B, T, V).
         The cache is extended by T positions. `decode` marks a sampling step
-        (as opposed to reading the prompt). `stop` is asked between layers:
+        (as opposed to reading the prompt); with T > 1 it checks drafted tokens,
+        each row computed bit for bit as a one-token step would compute it. `stop` is asked between layers:
         when it says so, the pass ends there and returns None, the cache's
         length unchanged (what the first layers wrote past it is overwritten
         by the next pass), so a cancelled prefill costs at most one layer.
@@ -321,7 +328,8 @@ class Transformer(nn.Module):
                 for t, inv in self._inv_freq.items()}
         exact = self.exact_attention and not decode
         self.phase.decode = decode
-        masks = {} if T == 1 and not exact else {   # one query row: step_attention needs none
+        # Decode rows, and one prompt row outside exact mode, attend by step_attention: no mask.
+        masks = {} if decode or (T == 1 and not exact) else {
             w: self._mask(start, T, w, tokens.device)
             for w in {cfg.sliding_window if cfg.is_sliding(i) else None for i in range(cfg.n_layers)}}
         for i, block in enumerate(self.layers):

@@ -89,17 +89,26 @@ class Int8Linear(nn.Module):
         xq = x.mul(1.0 / step).round_().to(torch.int8)
         return torch._int_mm(self.weight, xq.view(-1, 1)).view(1, -1).mul(self.scale * step)
 
+    def _step_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Several decode rows at once (a step that checks drafted tokens, generate.py), each row
+        computed exactly as `_one_row` computes it alone: the same int8 values, the same exact integer
+        sums, the same float32 roundings of 1/step and of scale * step. Python's float arithmetic is
+        float64, so the steps are computed in float64 here, then rounded where `_one_row`'s scalars are."""
+        step = torch.amax(torch.abs(x), dim=-1, keepdim=True).double().clamp_(min=1e-30).div_(127.0)
+        xq = x.mul(step.reciprocal().float()).round_().to(torch.int8)
+        return torch._int_mm(xq, self.weight.t()).float().mul_(self.scale * step.float())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         decode = self.phase is not None and self.phase.decode
-        if decode and x2.shape[0] == 1:
-            y = self._one_row(x2)
+        if decode:
+            y = self._one_row(x2) if x2.shape[0] == 1 else self._step_rows(x2)
             if self.bias is not None:
                 y.add_(self.bias)
             return y.view(*shape[:-1], self.out_features)
         xq, xs = quantize_rows(x2)
-        if self.fine and not decode:
+        if self.fine:
             rq, rs = quantize_rows(x2 - xq.float() * xs)
             both = torch._int_mm(torch.cat([xq, rq]), self.weight.t()).float()
             m = x2.shape[0]

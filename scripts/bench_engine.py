@@ -38,7 +38,8 @@ from pathlib import Path
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "argparse.py"
 METRICS = (("start_s", "start to first answer, s"), ("first_start_s", "first start (converting), s"), ("peak_rss_mb", "peak RSS, MB"),
            ("rss_mb", "RSS after the request, MB"), ("prefill_tok_s", "prefill, tok/s"),
-           ("decode_tok_s", "decode, tok/s"))
+           ("decode_tok_s", "decode, tok/s"),
+           ("plain_decode_tok_s", "decode without drafted tokens, tok/s (llama.cpp: the same run)"))
 
 
 def memory_mb() -> tuple[float, float]:
@@ -66,9 +67,14 @@ def side_keystroke(model: str, n_prompt: int, n_decode: int, threads: int, start
     t = engine.complete(CompletionRequest(doc_id="bench", prefix=engine.tokenizer.decode(ids), stop=stop,
                                           use_cache=False)).timings
     peak, rss = memory_mb()
+    engine.draft_tokens = 0    # the same request again, one model pass per token (engine/lookup.py)
+    plain = engine.complete(CompletionRequest(doc_id="bench", prefix=engine.tokenizer.decode(ids), stop=stop,
+                                              use_cache=False)).timings
     return {"start_s": start_s, "peak_rss_mb": peak, "rss_mb": rss, "prompt_tokens": t.computed_tokens,
             "prefill_tok_s": t.computed_tokens / (t.prefill_ms / 1000),
-            "decode_tokens": t.decode_tokens, "decode_tok_s": t.decode_tokens / (t.decode_ms / 1000)}
+            "decode_tokens": t.decode_tokens, "decode_passes": t.decode_passes,
+            "decode_tok_s": t.decode_tokens / (t.decode_ms / 1000),
+            "plain_decode_tok_s": plain.decode_tokens / (plain.decode_ms / 1000)}
 
 
 def side_llamacpp(model: str, n_prompt: int, n_decode: int, threads: int, started: float,
@@ -92,7 +98,7 @@ def side_llamacpp(model: str, n_prompt: int, n_decode: int, threads: int, starte
     peak, rss = memory_mb()
     return {"start_s": start_s, "peak_rss_mb": peak, "rss_mb": rss, "prompt_tokens": t["prompt_n"],
             "prefill_tok_s": t["prompt_per_second"], "decode_tokens": t["predicted_n"],
-            "decode_tok_s": t["predicted_per_second"]}
+            "decode_tok_s": t["predicted_per_second"], "plain_decode_tok_s": t["predicted_per_second"]}
 
 
 def agreement(model: str, n_prompt: int, threads: int) -> float:

@@ -74,6 +74,7 @@ def run_complete(args: argparse.Namespace) -> int:
     tps = t.decode_tokens / (t.decode_ms / 1000) if t.decode_ms > 0 else 0.0
     info = engine.info()
     print(f"[{info.get('model')} {info.get('quant')}, {plan.mode} mode] load {load_s:.1f}s | prefill {t.computed_tokens} tok "
-          f"{t.prefill_ms:.0f} ms | decode {t.decode_tokens} tok {t.decode_ms:.0f} ms ({tps:.1f} tok/s) | "
+          f"{t.prefill_ms:.0f} ms | decode {t.decode_tokens} tok in {t.decode_passes} passes {t.decode_ms:.0f} ms "
+          f"({tps:.1f} tok/s) | "
           f"stop: {result.candidates[0].stop_reason if result.candidates else '-'}")
     return 0

@@ -37,6 +37,7 @@ class LatencyRecord:
         self._engine_calls = 0
         self._decode_ms = 0.0
         self._decode_tokens = 0
+        self._decode_passes = 0
         self._last_context: list[dict] = []
         self._context_totals: dict[str, list[int]] = {}  # source -> [prompts it went into, tokens]
 
@@ -59,6 +60,7 @@ class LatencyRecord:
             self._cache_hits += int(t.response_cache_hit)
             self._decode_ms += t.decode_ms
             self._decode_tokens += t.decode_tokens
+            self._decode_passes += t.decode_passes
 
     def add_typed_through(self) -> None:
         """A request answered from the last suggestion, without the engine."""
@@ -103,6 +105,9 @@ class LatencyRecord:
                     # one decode step: the most a user request may wait behind speculation
                     "decode_ms_per_token": _round(self._decode_ms / self._decode_tokens)
                     if self._decode_tokens else None,
+                    # above 1 where drafted tokens were taken without a pass of their own (engine/lookup.py)
+                    "decode_tokens_per_pass": _round(self._decode_tokens / self._decode_passes)
+                    if self._decode_passes else None,
                 },
                 "context": {
                     "last": [dict(e) for e in self._last_context],
