@@ -156,7 +156,7 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
         avoided = torch.zeros(logits.shape[-1], dtype=torch.bool)
         avoided[avoid_first] = True
 
-    drafter = (Drafter(list(prompt_ids) or context, draft)
+    drafter = (Drafter(prompt_ids or context, draft)
                if draft > 0 and n == 1 and sampling.temperature <= 0 else None)
     base = work.length if drafter is not None else 0   # where the generated tokens' K/V start
     guessed: list[int] = []        # drafted tokens the model has run on, not yet sampled

@@ -127,3 +127,23 @@ def test_a_cancelled_pass_over_guesses_stops_within_a_layer_and_keeps_the_cache_
                    is_cancelled=lambda: state["in_pass"])   # true at the first layer of the first pass over guesses
     assert out[0].stop_reason == "cancelled"
     assert cache.length == len(prompt) + out[0].fed
+
+
+def test_the_draft_agrees_with_a_plain_search_on_random_sequences():
+    """Against the definition, written out: the latest earlier n-gram (longest first) with a token after it."""
+    import random
+
+    def plain(ids, k):
+        for n in range(4, MIN_NGRAM - 1, -1):
+            for s in range(len(ids) - n - 1, -1, -1):
+                if len(ids) > n and ids[s:s + n] == ids[-n:]:
+                    return ids[s + n:s + n + k]
+        return []
+
+    rng = random.Random(5)
+    for _ in range(400):
+        ids = [rng.choice([0, 1, 2, 256, 65536, 2**31 - 1]) for _ in range(rng.randrange(0, 40))]
+        d = Drafter(ids[:len(ids) // 2], max_draft=4)
+        for token in ids[len(ids) // 2:]:
+            d.push(token)
+        assert d.draft() == plain(ids, 4), ids
