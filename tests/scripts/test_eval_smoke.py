@@ -109,3 +109,13 @@ def test_typed_rest_eval_counts_every_prefix(tiny_llama_dir: Path, capsys: pytes
     assert eval_typed_rest.main(["--model", str(tiny_llama_dir), "--cursors", "2"]) == 0
     out = capsys.readouterr().out
     assert "typed prefixes over 2 cursors" in out, out
+
+
+def test_drafts_bench_finds_identical_texts_on_and_off(tiny_llama_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    import bench_drafts
+    assert bench_drafts.main(["--model", str(tiny_llama_dir), "--spots", "1", "--modes", "block",
+                              "--max-tokens", "12"]) == 0   # nonzero when any text differs
+    out = capsys.readouterr().out
+    assert "6 completions: 6 identical texts" in out, out
+    rows = [line for line in out.splitlines() if line.startswith("| on |") or line.startswith("| off |")]
+    assert len(rows) == 2, out
