@@ -31,7 +31,7 @@ KERNELS = {"int8": "int8-intmm-2rows-v3"}
 
 
 class Phase:
-    """Shared flag: True while the model runs single-token decode steps."""
+    """Shared flag: True while the model runs decode steps (one token, or one token and its drafted guesses)."""
 
     def __init__(self) -> None:
         self.decode = False

@@ -220,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     hits = reuse["response_cache_hit_ratio"]
     print(f"engine response-cache hits in the speculation run: {hits} (a fresh cache directory per run)")
     print(f"cancellation bound: {s['preempted_requests']} user requests queued behind speculation waited "
-          f"p50 {s['preempt_wait_p50_ms']} ms, max {s['preempt_wait_max_ms']} ms; one decode step is "
-          f"{reuse['decode_ms_per_token']} ms")
+          f"p50 {s['preempt_wait_p50_ms']} ms, max {s['preempt_wait_max_ms']} ms; decode ms per token (one step "
+          f"without drafted tokens, less than a step with them) is {reuse['decode_ms_per_token']} ms")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

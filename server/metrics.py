@@ -102,7 +102,8 @@ class LatencyRecord:
                     "typed_through": self._typed_through,
                     "typed_through_ratio": _ratio(self._typed_through, calls + self._typed_through),
                     "response_cache_hit_ratio": _ratio(self._cache_hits, calls),
-                    # one decode step: the most a user request may wait behind speculation
+                    # one decode step without drafted tokens, less with them (a lower bound of a step):
+                    # the most a user request may wait behind speculation
                     "decode_ms_per_token": _round(self._decode_ms / self._decode_tokens)
                     if self._decode_tokens else None,
                     # above 1 where drafted tokens were taken without a pass of their own (engine/lookup.py)
