@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from . import fim, healing
+from . import fim, healing, native
 from .api import Candidate, CompletionRequest, CompletionResult, Timings
 from .cache.kvstore import KVStore
 from .cache.responses import ResponseCache, make_key
@@ -300,7 +300,8 @@ class Engine:
         return {"backend": "local", "model": self.name, "path": str(self.path), "family": self.cfg.family,
                 "device": str(self.device), "quant": self.quant, "threads": torch.get_num_threads(),
                 "most_threads": self._threads.most, "other_processes_busy_cores": self._threads.others_busy,
-                "fim": self.template.name if self.template else None, **self.checkpoint_info}
+                "fim": self.template.name if self.template else None, **self.checkpoint_info,
+                **({"int8_kernels": native.status()} if self.quant == "int8" else {})}
 
     def stats(self) -> dict:
         c = dict(self._counters)

@@ -2,7 +2,8 @@
 
 - `int8` (the CPU default): each weight row (output channel) is int8 with one
   fp32 scale. Activations are quantized per token row (int8, one scale per
-  row) and multiplied with `torch._int_mm`, which accumulates in int32. An
+  row) and multiplied with int32 accumulation (`native.int8_mm`: the C kernel
+  of int8_kernel.c, or `torch._int_mm`, whichever is faster on this CPU). An
   integer sum does not depend on the order of its terms, and a row's scale
   depends only on that row, so a token's result is bit-identical however the
   prompt was chunked (prefilled in one piece, token by token, or decoded):
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from .errors import KeystrokeError
+from .native import DecodeRows, int8_mm
 
 QUANTS = ("int8", "fp16", "fp32", "bf16")
 # Part of every cache key (KV entries on disk, responses): bumped when a format's kernels
@@ -49,7 +51,7 @@ class Int8Linear(nn.Module):
     """y = x W^T (+ b) with int8 W (one scale per output row) and int8 activations (one scale per token).
 
     With `fine` (the default), each activation row of a prompt is two int8 rows,
-    x ~ s1 q1 + s2 q2 (q2 quantizes what q1 missed), multiplied in one `_int_mm`
+    x ~ s1 q1 + s2 q2 (q2 quantizes what q1 missed), multiplied in one product
     call: ~15-bit activations, still an exact integer sum. Measured (argmax of int8
     vs fp32 logits over 512 tokens of argparse.py): Gemma 3 270M 88.1% with one
     int8 row, 96.9% with two; Qwen2.5-Coder 0.5B 94.3% and 98.0%. Decode steps
@@ -87,7 +89,7 @@ class Int8Linear(nn.Module):
         exact integer sums as x @ W^T, faster at M=1 (Qwen2.5 0.5B: 37 -> 22 us for q/k/v)."""
         step = max(float(x.abs().amax()), 1e-30) / 127.0
         xq = x.mul(1.0 / step).round_().to(torch.int8)
-        return torch._int_mm(self.weight, xq.view(-1, 1)).view(1, -1).mul(self.scale * step)
+        return int8_mm(xq.view(1, -1), self.weight).mul(self.scale * step)
 
     def _step_rows(self, x: torch.Tensor) -> torch.Tensor:
         """Several decode rows at once (a step that checks drafted tokens, generate.py), each row
@@ -96,29 +98,36 @@ class Int8Linear(nn.Module):
         float64, so the steps are computed in float64 here, then rounded where `_one_row`'s scalars are."""
         step = torch.amax(torch.abs(x), dim=-1, keepdim=True).double().clamp_(min=1e-30).div_(127.0)
         xq = x.mul(step.reciprocal().float()).round_().to(torch.int8)
-        return torch._int_mm(xq, self.weight.t()).float().mul_(self.scale * step.float())
+        return int8_mm(xq, self.weight).float().mul_(self.scale * step.float())
+
+    def _c_rows(self, x: torch.Tensor) -> torch.Tensor | None:
+        plan = self.__dict__.get("_plan")
+        if plan is None or not plan.holds(self.weight, self.scale, self.bias):   # first use, or tensors replaced
+            try:
+                plan = self.__dict__["_plan"] = DecodeRows(self.weight, self.scale, self.bias)
+            except ValueError:
+                return None
+        return plan(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         decode = self.phase is not None and self.phase.decode
         if decode:
-            y = self._one_row(x2) if x2.shape[0] == 1 else self._step_rows(x2)
-            if self.bias is not None:
-                y.add_(self.bias)
+            y = self._c_rows(x2)   # the C kernel when it serves decode rows: the same bits
+            if y is None:
+                y = self._one_row(x2) if x2.shape[0] == 1 else self._step_rows(x2)
+                if self.bias is not None:
+                    y.add_(self.bias)
             return y.view(*shape[:-1], self.out_features)
         xq, xs = quantize_rows(x2)
         if self.fine:
             rq, rs = quantize_rows(x2 - xq.float() * xs)
-            both = torch._int_mm(torch.cat([xq, rq]), self.weight.t()).float()
+            both = int8_mm(torch.cat([xq, rq]), self.weight).float()
             m = x2.shape[0]
             y = both[:m].mul_(xs).add_(both[m:].mul_(rs)).mul_(self.scale)
-        elif x2.shape[0] == 1:
-            # One token: W @ x^T, the same exact integer sums as x @ W^T, measured faster at
-            # M=1 (Qwen2.5 0.5B's shapes: 37 -> 22 us for q/k/v, 154 -> 94 us for down).
-            y = torch._int_mm(self.weight, xq.view(-1, 1)).view(1, -1).float().mul_(xs).mul_(self.scale)
         else:
-            y = torch._int_mm(xq, self.weight.t()).float().mul_(xs).mul_(self.scale)
+            y = int8_mm(xq, self.weight).float().mul_(xs).mul_(self.scale)
         if self.bias is not None:
             y.add_(self.bias)
         return y.view(*shape[:-1], self.out_features)
@@ -147,6 +156,15 @@ class Fp16Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.packed = torch.ops.quantized.linear_prepack_fp16(
             weight.float(), None if bias is None else bias.float())
+
+    def _c_rows(self, x: torch.Tensor) -> torch.Tensor | None:
+        plan = self.__dict__.get("_plan")
+        if plan is None or not plan.holds(self.weight, self.scale, self.bias):   # first use, or tensors replaced
+            try:
+                plan = self.__dict__["_plan"] = DecodeRows(self.weight, self.scale, self.bias)
+            except ValueError:
+                return None
+        return plan(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

@@ -1,0 +1,201 @@
+"""The int8 products in C (int8_kernel.c), built on first use, and the choice between them and torch's.
+
+Why: `torch._int_mm`'s speed depends on the CPU far more than the memory does.
+Measured with 2 threads: on an AMD EPYC with AVX-512 VNNI it streamed
+16-18 GB/s at one activation row; on an AMD EPYC with AVX2 only (16.7 GB/s of
+memory bandwidth) it ran at 1.5 GB/s at one row and 0.2 GB/s at 256, a
+reference kernel: Qwen 0.5B's output projection alone took 72 ms a token.
+The C kernel computes the same exact int32 sums (so the choice never changes
+a result) at 13-16 GB/s there, and 50-60 GMAC/s for prompt rows.
+
+The kernel is plain C (AVX2), compiled once per source and machine with the
+system's C compiler (`$CC`, else `cc`) into the cache directory, and loaded
+with ctypes, which releases the GIL while it runs. Which kernel serves a product is decided by
+timing both once per process, separately for decode rows (at most `ROWS`) and
+prompt rows, since a CPU's torch kernel may be fast for one and not the other.
+Without a compiler, AVX2 or a working build, torch's kernel serves every
+product and the reason is logged once. `KEYSTROKE_INT8_KERNEL=torch` (or
+`native`) overrides the timing.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from .paths import cache_root
+
+log = logging.getLogger("keystroke.engine")
+
+SOURCE = Path(__file__).with_name("int8_kernel.c")
+VERSION = 1        # ks_kernel_version() of the source this module speaks to
+ROWS = 16          # activation rows the kernel keeps in registers per pass; above it, "prompt" rows
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_why_not: str | None = None      # set once loading failed
+_choice: dict[bool, bool] = {}   # small (decode rows)? -> use the C kernel
+
+
+def _build(target: Path) -> None:
+    cc = os.environ.get("CC") or "cc"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        cmd = [cc, "-O3", "-ffp-contract=off", "-shared", "-fPIC", "-fopenmp", str(SOURCE), "-o", str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise OSError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-400:]}")
+        os.replace(out, target)   # atomic: another process never loads a half-written file
+
+
+def built_path() -> Path:
+    """Where the build of this source for this machine lives: a new source is a new file."""
+    key = hashlib.sha256(SOURCE.read_bytes() + platform.machine().encode()).hexdigest()[:16]
+    return cache_root() / "kernels" / f"int8_kernel-{key}.so"
+
+
+def _load() -> ctypes.CDLL | None:
+    """The built kernel, or None with `_why_not` saying why."""
+    global _lib, _why_not
+    if _lib is not None or _why_not is not None:
+        return _lib
+    try:
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            raise OSError(f"the C kernel is written for x86-64 (AVX2), this is {platform.machine()}")
+        target = built_path()
+        if not target.exists():
+            _build(target)
+        lib = ctypes.CDLL(str(target))
+        if lib.ks_kernel_version() != VERSION:
+            raise OSError(f"{target} is not the kernel this keystroke expects; delete it to rebuild")
+        lib.ks_int8_mm.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                   ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+        lib.ks_int8_mm.restype = ctypes.c_int
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        lib.ks_int8_decode_rows.argtypes = [p, i64, i64, p, p, p, p, i64, p, ctypes.c_int]
+        lib.ks_int8_decode_rows.restype = ctypes.c_int
+        _lib = lib
+        _self_test()
+    except (OSError, subprocess.SubprocessError, AttributeError, AssertionError) as e:
+        _lib, _why_not = None, str(e) or type(e).__name__
+        log.warning("int8 products use torch._int_mm, the C kernel is unavailable: %s", _why_not)
+    return _lib
+
+
+def _call(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    m, k = x.shape
+    y = torch.empty(m, w.shape[0], dtype=torch.int32)
+    if _lib.ks_int8_mm(x.data_ptr(), m, k, w.data_ptr(), w.shape[0], y.data_ptr(), torch.get_num_threads()) != 0:
+        raise OSError("this CPU lacks AVX2")
+    return y
+
+
+def _self_test() -> None:
+    """The built file against torch on shapes with every kind of tail (rows, blocks, 32-byte steps)."""
+    g = torch.Generator().manual_seed(0)
+    for m, n, k in ((1, 37, 100), (3, 70, 64), (ROWS + 3, 33, 200)):
+        x = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
+        w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+        ref = (x.long() @ w.long().t()).int()
+        assert torch.equal(_call(x, w), ref), f"the C kernel gave wrong sums at {(m, n, k)}"
+
+
+def _timed(fn, budget: float | None = None) -> float:
+    """Best of three calls, or the first call's time where it already exceeds `budget`."""
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+        if budget is not None and best > budget:
+            break
+    return best
+
+
+def _measure(small: bool) -> bool:
+    """Whether the C kernel beats torch._int_mm on this CPU, for decode rows or for prompt rows."""
+    forced = os.environ.get("KEYSTROKE_INT8_KERNEL", "").strip().lower()
+    if forced in ("torch", "native"):
+        return forced == "native"
+    m = 1 if small else 64
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(-127, 128, (m, 1024), dtype=torch.int8, generator=g)
+    w = torch.randint(-127, 128, (2048, 1024), dtype=torch.int8, generator=g)
+    _call(x, w)
+    native = _timed(lambda: _call(x, w))
+    theirs = _timed(lambda: torch._int_mm(w, x.t()) if m == 1 else torch._int_mm(x, w.t()), budget=native)
+    return native < theirs
+
+
+def native_kernel(small: bool) -> bool:
+    """Whether the C kernel serves decode rows (`small`) or prompt rows in this process."""
+    if small not in _choice:
+        with _lock:
+            if small not in _choice:
+                _choice[small] = _load() is not None and _measure(small)
+                log.info("int8 %s rows: %s", "decode" if small else "prompt",
+                         "the C kernel" if _choice[small] else "torch._int_mm")
+    return _choice[small]
+
+
+def int8_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x (M, K) int8 times w (N, K) int8 transposed: (M, N) int32, the exact integer sums."""
+    m = x.shape[0]
+    if (x.device.type == "cpu" and w.device.type == "cpu" and x.dtype == w.dtype == torch.int8
+            and x.dim() == w.dim() == 2 and x.shape[1] == w.shape[1]
+            and x.is_contiguous() and w.is_contiguous() and native_kernel(m <= ROWS)):
+        return _call(x, w)
+    if m == 1:   # W @ x^T: the same sums, measured faster than x @ W^T at M=1 with torch's kernel
+        return torch._int_mm(w, x.view(-1, 1)).view(1, -1)
+    return torch._int_mm(x, w.t())
+
+
+class DecodeRows:
+    """Decode rows of one int8 linear in one C call, bit for bit as Int8Linear._one_row/_step_rows and
+    the bias add compute them in torch (quantizing each row, the sums, the scaling back): about ten
+    torch operations fewer per product. The weight's checks are done once, here; a call checks only x.
+    """
+
+    def __init__(self, w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        n, k = w.shape
+        if not (w.dtype == torch.int8 and scale.dtype == torch.float32 and w.device.type == "cpu"
+                and w.is_contiguous() and scale.is_contiguous() and scale.shape == (n,)
+                and (bias is None or (bias.dtype == torch.float32 and bias.shape == (n,) and bias.is_contiguous()))):
+            raise ValueError("not an int8 linear the C kernel can run")
+        self.tensors = (w, scale, bias)       # kept: the pointers below stay valid while this object lives
+        self.n, self.k = n, k
+        self.scratch = torch.empty(ROWS, k, dtype=torch.int8)
+        self.args = (self.scratch.data_ptr(), w.data_ptr(), scale.data_ptr(),
+                     None if bias is None else bias.data_ptr(), n)
+
+    def holds(self, *tensors: torch.Tensor | None) -> bool:
+        return all(a is b for a, b in zip(self.tensors, tensors))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
+        """x (M, K) float32, M <= ROWS: (M, N) float32; None where the C kernel does not serve decode rows."""
+        m, k = x.shape
+        if m > ROWS or k != self.k or x.dtype != torch.float32 or not x.is_contiguous() or not native_kernel(True):
+            return None
+        y = torch.empty(m, self.n)
+        xq, w, scale, bias, n = self.args
+        if _lib.ks_int8_decode_rows(x.data_ptr(), m, k, xq, w, scale, bias, n, y.data_ptr(),
+                                    torch.get_num_threads()) != 0:
+            return None
+        return y
+
+
+def status() -> dict:
+    """What serves the int8 products (for `keystroke.status` and the benchmarks)."""
+    return {"decode_rows": "c" if _choice.get(True) else "torch" if True in _choice else "not yet chosen",
+            "prompt_rows": "c" if _choice.get(False) else "torch" if False in _choice else "not yet chosen",
+            "c_kernel_unavailable": _why_not}

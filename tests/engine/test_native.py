@@ -1,0 +1,113 @@
+"""The C int8 kernel (engine/int8_kernel.c): built here, the exact sums, and decode rows bit for bit as torch.
+
+It needs a C compiler and an x86-64 CPU with AVX2, as CI's machine has: where
+they are missing the build test fails and says why (the engine itself then
+falls back to torch._int_mm, tested below with a compiler that fails).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from keystroke.engine import native
+from keystroke.engine.quantize import Int8Linear, Phase
+
+
+@pytest.fixture
+def fresh_native(monkeypatch, tmp_path):
+    """native's process-wide state reset, its cache in a temporary folder; restored afterwards."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_why_not", None)
+    monkeypatch.setattr(native, "_choice", {})
+    return tmp_path
+
+
+def test_the_kernel_builds_and_loads_on_this_machine():
+    assert native._load() is not None, f"the C kernel is unavailable: {native._why_not}"
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 16, 17, 40])
+def test_int8_sums_are_exact_for_every_tail(m):
+    assert native._load() is not None, native._why_not
+    g = torch.Generator().manual_seed(m)
+    for n, k in ((1, 1), (33, 31), (31, 32), (70, 33), (65, 100), (40, 896)):
+        x = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
+        w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+        assert torch.equal(native._call(x, w), (x.long() @ w.long().t()).int()), (m, n, k)
+
+
+def test_extreme_values_do_not_saturate():
+    """All +-127: the largest pair sums maddubs can meet (2 * 127 * 127 per int16 lane)."""
+    assert native._load() is not None, native._why_not
+    x = torch.full((3, 4864), 127, dtype=torch.int8)
+    x[1] = -127
+    w = torch.full((5, 4864), -127, dtype=torch.int8)
+    w[2] = 127
+    assert torch.equal(native._call(x, w), (x.long() @ w.long().t()).int())
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_decode_rows_equal_torchs_one_row_and_step_rows_bit_for_bit(bias):
+    assert native._load() is not None, native._why_not
+    torch.manual_seed(1)
+    lin = Int8Linear.from_float(torch.randn(75, 203) * 0.1, torch.randn(75) if bias else None)
+    for m in (1, 2, 4, 7, 16):
+        x = torch.randn(m, 203) * torch.logspace(-3, 3, m).unsqueeze(1)
+        x[0, :5] = 0.0
+        if m > 2:
+            x[2] = 0.0                      # an all-zero row: the 1e-30 floor of the step
+        ref = lin._one_row(x) if m == 1 else lin._step_rows(x)
+        if bias:
+            ref = ref + lin.bias
+        got = native.DecodeRows(lin.weight, lin.scale, lin.bias)(x)
+        assert got is not None
+        assert torch.equal(got, ref), (m, (got - ref).abs().max())
+
+
+def test_a_linear_in_decode_phase_gives_the_same_bits_through_either_kernel(monkeypatch):
+    torch.manual_seed(2)
+    lin = Int8Linear.from_float(torch.randn(64, 96), torch.randn(64))
+    lin.phase = Phase()
+    lin.phase.decode = True
+    x = torch.randn(3, 1, 96)
+    with_c = lin(x)
+    monkeypatch.setattr(native, "_choice", {True: False, False: False})   # torch._int_mm everywhere
+    assert torch.equal(lin(x), with_c)
+    lin.phase.decode = False
+    prompt_torch = lin(x)
+    monkeypatch.setattr(native, "_choice", {True: True, False: True})
+    assert torch.equal(lin(x), prompt_torch)
+
+
+def test_a_failing_compiler_leaves_torch_serving_with_the_reason(fresh_native, monkeypatch, caplog):
+    monkeypatch.setenv("CC", "false")
+    x = torch.randint(-127, 128, (2, 40), dtype=torch.int8)
+    w = torch.randint(-127, 128, (9, 40), dtype=torch.int8)
+    with caplog.at_level("WARNING", logger="keystroke.engine"):
+        assert torch.equal(native.int8_mm(x, w), (x.long() @ w.long().t()).int())
+    assert native._lib is None and "failed" in native._why_not
+    assert native.status()["decode_rows"] == "torch"
+    assert "unavailable" in caplog.text
+    assert native.DecodeRows(w, torch.ones(9), None)(torch.randn(1, 40)) is None
+
+
+def test_a_corrupt_cached_build_is_refused_not_loaded(fresh_native):
+    """A file that is not a library where the build belongs: a clear reason, and torch serves."""
+    target = native.built_path()
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"not an ELF file")
+    assert native._load() is None
+    assert "int8_kernel" in native._why_not
+    x = torch.randint(-127, 128, (1, 64), dtype=torch.int8)
+    w = torch.randint(-127, 128, (8, 64), dtype=torch.int8)
+    assert torch.equal(native.int8_mm(x, w), (x.long() @ w.long().t()).int())
+
+
+def test_the_override_picks_the_kernel(fresh_native, monkeypatch):
+    monkeypatch.setenv("KEYSTROKE_INT8_KERNEL", "torch")
+    assert native.native_kernel(True) is False
+    monkeypatch.setattr(native, "_choice", {})
+    monkeypatch.setenv("KEYSTROKE_INT8_KERNEL", "native")
+    assert native.native_kernel(True) is True
+    assert native.status()["decode_rows"] == "c"
