@@ -8,6 +8,7 @@
  * Threads: OpenMP over blocks of output rows, in torch's own libgomp (the same soname).
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -77,9 +78,77 @@ static void run(const int8_t *x, int64_t M, int64_t K, const int8_t *w, int64_t 
     }
 }
 
+/* Prompt rows: 4 rows of x against 2 rows of w per pass over K, the 8 sums in registers, |x|
+ * computed once per row (xa) rather than once per pair: about 1.5x the rows-at-a-time tile. */
+__attribute__((target("avx2")))
+static void quad(const int8_t *x, const int8_t *xa, int64_t K, const int8_t *w, int64_t m, int64_t n,
+                 int64_t N, int32_t *y) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int64_t K32 = K & ~(int64_t)31;
+    const int8_t *w0 = w + n * K, *w1 = w0 + K;
+    __m256i acc[4][2];
+    for (int i = 0; i < 4; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < K32; k += 32) {
+        const __m256i v0 = _mm256_loadu_si256((const __m256i *)(w0 + k));
+        const __m256i v1 = _mm256_loadu_si256((const __m256i *)(w1 + k));
+        for (int i = 0; i < 4; i++) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + (m + i) * K + k));
+            const __m256i av = _mm256_loadu_si256((const __m256i *)(xa + (m + i) * K + k));
+            acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(av, _mm256_sign_epi8(v0, xv)), ones));
+            acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(_mm256_maddubs_epi16(av, _mm256_sign_epi8(v1, xv)), ones));
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        const int8_t *xr = x + (m + i) * K;
+        int32_t d0 = hsum(acc[i][0]), d1 = hsum(acc[i][1]);
+        for (int64_t k = K32; k < K; k++) {
+            d0 += (int32_t)xr[k] * (int32_t)w0[k];
+            d1 += (int32_t)xr[k] * (int32_t)w1[k];
+        }
+        y[(m + i) * N + n] = d0;
+        y[(m + i) * N + n + 1] = d1;
+    }
+}
+
+__attribute__((target("avx2")))
+static void absolute(const int8_t *x, int64_t n, int8_t *out) {   /* |x| <= 127: int8 values are >= -127 */
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        _mm256_storeu_si256((__m256i *)(out + i), _mm256_abs_epi8(_mm256_loadu_si256((const __m256i *)(x + i))));
+    for (; i < n; i++) out[i] = (int8_t)(x[i] < 0 ? -x[i] : x[i]);
+}
+
+#define PROMPT_BLOCK 64   /* weight rows per block for prompt rows (even: pairs never straddle blocks) */
+
+__attribute__((target("avx2")))
+static void run_prompt(const int8_t *x, const int8_t *xa, int64_t M, int64_t K, const int8_t *w, int64_t N,
+                       int32_t *y, int threads) {
+    const int64_t M4 = M & ~(int64_t)3, N2 = N & ~(int64_t)1;
+    const int64_t blocks = (N + PROMPT_BLOCK - 1) / PROMPT_BLOCK;
+    const Out o = {y, 0, 0, 0, 0};
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t n0 = b * PROMPT_BLOCK, n1 = n0 + PROMPT_BLOCK < N ? n0 + PROMPT_BLOCK : N;
+        const int64_t pairs_end = n1 < N2 ? n1 : N2;
+        for (int64_t m = 0; m < M4; m += 4)
+            for (int64_t n = n0; n < pairs_end; n += 2) quad(x, xa, K, w, m, n, N, y);
+        for (int64_t m0 = 0; m0 < M4; m0 += ROWS)          /* an odd last weight row */
+            if (pairs_end < n1) tile(x, m0, m0 + ROWS < M4 ? m0 + ROWS : M4, K, w, pairs_end, n1, N, &o);
+        if (M4 < M) tile(x, M4, M, K, w, n0, n1, N, &o);   /* the last 1-3 rows */
+    }
+}
+
 /* x: (M, K) int8, w: (N, K) int8, y: (M, N) int32; all contiguous. Returns 0, or -1 without AVX2. */
 int ks_int8_mm(const int8_t *x, int64_t M, int64_t K, const int8_t *w, int64_t N, int32_t *y, int threads) {
     if (!__builtin_cpu_supports("avx2")) return -1;
+    if (M > ROWS) {
+        int8_t *xa = malloc((size_t)(M * K));
+        if (!xa) return -2;
+        absolute(x, M * K, xa);
+        run_prompt(x, xa, M, K, w, N, y, threads);
+        free(xa);
+        return 0;
+    }
     const Out o = {y, 0, 0, 0, 0};
     run(x, M, K, w, N, &o, threads);
     return 0;

@@ -96,7 +96,7 @@ def _call(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     m, k = x.shape
     y = torch.empty(m, w.shape[0], dtype=torch.int32)
     if _lib.ks_int8_mm(x.data_ptr(), m, k, w.data_ptr(), w.shape[0], y.data_ptr(), torch.get_num_threads()) != 0:
-        raise OSError("this CPU lacks AVX2")
+        raise OSError("the C kernel refused the product (no AVX2, or no memory for it)")
     return y
 
 

@@ -27,11 +27,11 @@ def test_the_kernel_builds_and_loads_on_this_machine():
     assert native._load() is not None, f"the C kernel is unavailable: {native._why_not}"
 
 
-@pytest.mark.parametrize("m", [1, 2, 5, 16, 17, 40])
+@pytest.mark.parametrize("m", [1, 2, 5, 16, 17, 40, 70])
 def test_int8_sums_are_exact_for_every_tail(m):
     assert native._load() is not None, native._why_not
     g = torch.Generator().manual_seed(m)
-    for n, k in ((1, 1), (33, 31), (31, 32), (70, 33), (65, 100), (40, 896)):
+    for n, k in ((1, 1), (33, 31), (31, 32), (70, 33), (65, 100), (129, 100), (40, 896)):
         x = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
         w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
         assert torch.equal(native._call(x, w), (x.long() @ w.long().t()).int()), (m, n, k)
