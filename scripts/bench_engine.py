@@ -74,7 +74,8 @@ def side_keystroke(model: str, n_prompt: int, n_decode: int, threads: int, start
             "prefill_tok_s": t.computed_tokens / (t.prefill_ms / 1000),
             "decode_tokens": t.decode_tokens, "decode_passes": t.decode_passes,
             "decode_tok_s": t.decode_tokens / (t.decode_ms / 1000),
-            "plain_decode_tok_s": plain.decode_tokens / (plain.decode_ms / 1000)}
+            "plain_decode_tok_s": plain.decode_tokens / (plain.decode_ms / 1000),
+            "int8_kernels": engine.info().get("int8_kernels")}
 
 
 def side_llamacpp(model: str, n_prompt: int, n_decode: int, threads: int, started: float,
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.threads} threads, {args.prompt}-token prompt from {SOURCE.name}, {args.decode} decode tokens, "
           f"median of {args.repeats} fresh processes per side\n")
     print("| model | metric | keystroke | llama.cpp | keystroke / llama.cpp |\n|---|---|---|---|---|")
+    kernels: dict[str, dict | None] = {}
     for model in args.models:
         runs: dict[str, list[dict]] = {"keystroke": [], "llamacpp": []}
         with tempfile.TemporaryDirectory(prefix="keystroke-bench-") as cache_dir:
@@ -175,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             ks = statistics.median(r[key] for r in runs["keystroke"])
             lc = statistics.median(r[key] for r in runs["llamacpp"])
             print(f"| {model} | {label} | {ks:.1f} | {lc:.1f} | {ks / lc:.2f}x |", flush=True)
+        kernels[model] = runs["keystroke"][-1].get("int8_kernels")
+    for model, k in kernels.items():   # which int8 kernel served (engine/native.py): on some CPUs it decides the speed
+        if k:
+            print(f"\n{model}: keystroke's int8 products: decode rows {k['decode_rows']}, prompt rows {k['prompt_rows']}")
     return 0
 
 
