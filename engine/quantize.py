@@ -157,15 +157,6 @@ class Fp16Linear(nn.Module):
         self.packed = torch.ops.quantized.linear_prepack_fp16(
             weight.float(), None if bias is None else bias.float())
 
-    def _c_rows(self, x: torch.Tensor) -> torch.Tensor | None:
-        plan = self.__dict__.get("_plan")
-        if plan is None or not plan.holds(self.weight, self.scale, self.bias):   # first use, or tensors replaced
-            try:
-                plan = self.__dict__["_plan"] = DecodeRows(self.weight, self.scale, self.bias)
-            except ValueError:
-                return None
-        return plan(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         y = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, shape[-1]), self.packed)
