@@ -132,8 +132,8 @@ static void run_prompt(const int8_t *x, const int8_t *xa, int64_t M, int64_t K, 
         const int64_t pairs_end = n1 < N2 ? n1 : N2;
         for (int64_t m = 0; m < M4; m += 4)
             for (int64_t n = n0; n < pairs_end; n += 2) quad(x, xa, K, w, m, n, N, y);
-        for (int64_t m0 = 0; m0 < M4; m0 += ROWS)          /* an odd last weight row */
-            if (pairs_end < n1) tile(x, m0, m0 + ROWS < M4 ? m0 + ROWS : M4, K, w, pairs_end, n1, N, &o);
+        if (pairs_end < n1)                                 /* an odd last weight row */
+            for (int64_t m0 = 0; m0 < M4; m0 += ROWS) tile(x, m0, m0 + ROWS < M4 ? m0 + ROWS : M4, K, w, pairs_end, n1, N, &o);
         if (M4 < M) tile(x, M4, M, K, w, n0, n1, N, &o);   /* the last 1-3 rows */
     }
 }

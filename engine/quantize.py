@@ -85,8 +85,8 @@ class Int8Linear(nn.Module):
     def _one_row(self, x: torch.Tensor) -> torch.Tensor:
         """A decode step's one activation row: its scale as a Python float, so quantizing it and
         scaling the result back take 6 operations where `quantize_rows` and the tensor scale take 10;
-        measured 9-12 us less per product (of 45-55 for Qwen 0.5B's small ones). W @ x^T: the same
-        exact integer sums as x @ W^T, faster at M=1 (Qwen2.5 0.5B: 37 -> 22 us for q/k/v)."""
+        measured 9-12 us less per product (of 45-55 for Qwen 0.5B's small ones). The torch twin of
+        the C kernel's decode rows (native.DecodeRows), which serves where the C kernel does not."""
         step = max(float(x.abs().amax()), 1e-30) / 127.0
         xq = x.mul(1.0 / step).round_().to(torch.int8)
         return int8_mm(xq.view(1, -1), self.weight).mul(self.scale * step)
