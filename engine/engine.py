@@ -122,6 +122,8 @@ class Engine:
                 close()               # drop the file (and anything not consumed)
             ckpt.weights = {}
         fp = f"{ckpt.fingerprint}:{KERNELS.get(quant, quant)}:{dev.type}"
+        if dev.type == "cpu" and native.step_ops():   # decode steps' norms and attention in C: their own bits
+            fp += f":{native.step_ops()}"
         # K/V go to disk as fp32: fp16 changed Gemma's greedy output after a restore
         # (beyond a near-tie) in tests/engine/test_cache_equivalence_real.py.
         store = KVStore(fp, ckpt.cfg, memory_budget_mb=memory_budget_mb,

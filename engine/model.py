@@ -22,7 +22,9 @@ its kernel call, so a prompt prefilled in any chunks gives bit-identical K/V
 float32 attention (measured: float64 cost Gemma 3 18 of 44 ms per token);
 they are deterministic for a given cache, so warm and cold still agree, but
 generated tokens' K/V differ from a prefill's in the last bits and are not
-kept (Engine.keep_generated).
+kept (Engine.keep_generated). That frees decode steps to run their norms and
+attention as single C calls (native.rms_norm, native.step_attention) where
+the C kernel is built: each replaces six to twenty torch operations.
 
 Weights arrive as a dict in canonical Hugging Face names (see
 `Transformer.from_weights`), with norm weights as the effective multiplier
@@ -38,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
 from .cache.kvcache import KVCache
 from .quantize import Phase
 
@@ -101,8 +104,13 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
+        self.phase: Phase | None = None          # shared with the Transformer (Transformer.share_phase)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.phase is not None and self.phase.decode:
+            y = native.rms_norm(x, self.weight, self.eps)
+            if y is not None:
+                return y
         # One fused call instead of five ops (8x faster for one token); computed in float32.
         if x.dtype == self.weight.dtype == torch.float32:   # the int8 path: no conversions to dispatch
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
@@ -159,6 +167,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(q_out, cfg.dim, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.phase: Phase | None = None          # shared with the Transformer (Transformer.share_phase)
 
     def forward(self, x: torch.Tensor, cache: KVCache, start: int, cos: torch.Tensor,
                 sin: torch.Tensor, mask: torch.Tensor | None, exact: bool = False) -> torch.Tensor:
@@ -174,11 +183,13 @@ class Attention(nn.Module):
         keys, values = cache.write(self.layer, start, k, v)
         if exact:
             out = exact_attention(q, keys, values, mask, self.scale)
-        elif T == 1:
-            out = step_attention(q, keys, values, self.scale, self.window)
         elif mask is None:
-            # Decode rows (a step that checks drafted tokens): each attends exactly as a one-token
-            # step at its position would, so checking a draft changes no bit of what is computed.
+            # A one-token step, or decode rows (a step that checks drafted tokens): each row attends
+            # exactly as a one-token step at its position would, so checking a draft changes no bit.
+            if self.phase is not None and self.phase.decode:
+                flat = native.step_attention(q, keys, values, self.scale, self.window)
+                if flat is not None:
+                    return self.wo(flat)
             first = keys.shape[2] - T + 1
             out = torch.cat([step_attention(q[:, :, i:i + 1], keys[:, :, :first + i], values[:, :, :first + i],
                                             self.scale, self.window) for i in range(T)], dim=2)

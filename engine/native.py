@@ -1,4 +1,5 @@
-"""The int8 products in C (int8_kernel.c), built on first use, and the choice between them and torch's.
+"""The engine's C kernels, built on first use: the int8 products (int8_kernel.c), and the
+small operations of a decode step (step_ops.c: RMSNorm, attention over the KV-cache).
 
 Why: `torch._int_mm`'s speed depends on the CPU far more than the memory does.
 Measured with 2 threads: on an AMD EPYC with AVX-512 VNNI it streamed
@@ -16,6 +17,13 @@ prompt rows, since a CPU's torch kernel may be fast for one and not the other.
 Without a compiler, AVX2 or a working build, torch's kernel serves every
 product and the reason is logged once. `KEYSTROKE_INT8_KERNEL=torch` (or
 `native`) overrides the timing.
+
+The decode step's small operations need no timing: one C call replaces six
+to twenty torch operations (measured in step_ops.c's header). They compute in
+float32 in their own fixed order, so their bits are not torch's: the engine
+uses them only for decode steps, whose K/V are not kept for later requests
+when the weights are int8, and names them in its fingerprint (`step_ops()`),
+so cached responses never mix the two.
 """
 from __future__ import annotations
 
@@ -36,8 +44,8 @@ from .paths import cache_root
 
 log = logging.getLogger("keystroke.engine")
 
-SOURCE = Path(__file__).with_name("int8_kernel.c")
-VERSION = 1        # ks_kernel_version() of the source this module speaks to
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("int8_kernel.c", "step_ops.c"))
+VERSION = 2        # ks_kernel_version() of the source this module speaks to
 ROWS = 16          # activation rows the kernel keeps in registers per pass; above it, "prompt" rows
 
 _lock = threading.Lock()
@@ -51,7 +59,7 @@ def _build(target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        cmd = [cc, "-O3", "-ffp-contract=off", "-shared", "-fPIC", "-fopenmp", str(SOURCE), "-o", str(out)]
+        cmd = [cc, "-O3", "-ffp-contract=off", "-shared", "-fPIC", "-fopenmp", *map(str, SOURCES), "-o", str(out)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise OSError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-400:]}")
@@ -60,7 +68,7 @@ def _build(target: Path) -> None:
 
 def built_path() -> Path:
     """Where the build of this source for this machine lives: a new source is a new file."""
-    key = hashlib.sha256(SOURCE.read_bytes() + platform.machine().encode()).hexdigest()[:16]
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + platform.machine().encode()).hexdigest()[:16]
     return cache_root() / "kernels" / f"int8_kernel-{key}.so"
 
 
@@ -84,6 +92,11 @@ def _load() -> ctypes.CDLL | None:
         p, i64 = ctypes.c_void_p, ctypes.c_int64
         lib.ks_int8_decode_rows.argtypes = [p, i64, i64, p, p, p, p, i64, p, ctypes.c_int]
         lib.ks_int8_decode_rows.restype = ctypes.c_int
+        lib.ks_rms_norm.argtypes = [p, i64, i64, p, ctypes.c_float, p]
+        lib.ks_rms_norm.restype = ctypes.c_int
+        lib.ks_step_attention.argtypes = [p, i64, i64, i64, i64, p, p, i64, i64, i64, i64, i64,
+                                          ctypes.c_float, p, ctypes.c_int]
+        lib.ks_step_attention.restype = ctypes.c_int
         _lib = lib
         _self_test()
     except (OSError, subprocess.SubprocessError, AttributeError, AssertionError) as e:
@@ -194,8 +207,55 @@ class DecodeRows:
         return y
 
 
+def _ready() -> ctypes.CDLL | None:
+    """The loaded library (built and loaded on the first call), or None."""
+    if _lib is None and _why_not is None:
+        with _lock:
+            _load()
+    return _lib
+
+
+def step_ops() -> str | None:
+    """The name of the decode-step operations in use ("c2"), or None where torch's serve (no C kernel)."""
+    return f"c{VERSION}" if _ready() is not None else None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """RMSNorm of float32 rows in one C call; None where the C kernel cannot serve (then use torch)."""
+    d = x.shape[-1]
+    if (_ready() is None or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu"
+            or weight.shape != (d,) or not weight.is_contiguous()):
+        return None
+    x = x.contiguous()          # rows are computed alone: a copy changes no bit
+    y = torch.empty_like(x)
+    if _lib.ks_rms_norm(x.data_ptr(), x.numel() // d, d, weight.data_ptr(), eps, y.data_ptr()) != 0:
+        return None
+    return y
+
+
+def step_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float,
+                   window: int | None) -> torch.Tensor | None:
+    """Decode rows' attention over the cache in one C call: (B, T, H * D) float32, or None where the
+    C kernel cannot serve. q (B, H, T, D); keys/values (B, n_kv, end, D), views of the cache's
+    buffers; row i sees the keys up to position end - T + i (within `window`), as model.step_attention."""
+    b, h, t, d = q.shape
+    n_kv, end = keys.shape[1], keys.shape[2]
+    if (_ready() is None or q.dtype != keys.dtype or keys.dtype != torch.float32 or values.dtype != torch.float32
+            or q.device.type != "cpu" or keys.stride() != values.stride() or keys.shape != values.shape
+            or keys.stride(3) != 1 or keys.stride(2) != d or end < t):
+        return None
+    q = q.contiguous()
+    out = torch.empty(b, t, h * d)
+    if _lib.ks_step_attention(q.data_ptr(), b, h, t, d, keys.data_ptr(), values.data_ptr(), n_kv,
+                              keys.stride(0), keys.stride(1), end - t + 1, window or 0, scale,
+                              out.data_ptr(), torch.get_num_threads()) != 0:
+        return None
+    return out
+
+
 def status() -> dict:
     """What serves the int8 products (for `keystroke.status` and the benchmarks)."""
     return {"decode_rows": "c" if _choice.get(True) else "torch" if True in _choice else "not yet chosen",
             "prompt_rows": "c" if _choice.get(False) else "torch" if False in _choice else "not yet chosen",
+            "step_ops": "c" if _lib is not None else "torch",
             "c_kernel_unavailable": _why_not}

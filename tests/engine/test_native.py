@@ -111,3 +111,26 @@ def test_the_override_picks_the_kernel(fresh_native, monkeypatch):
     monkeypatch.setenv("KEYSTROKE_INT8_KERNEL", "native")
     assert native.native_kernel(True) is True
     assert native.status()["decode_rows"] == "c"
+
+
+@pytest.mark.parametrize("d", [64, 256, 640, 896])
+def test_the_c_rms_norm_matches_torchs_and_rows_are_independent(d):
+    import torch.nn.functional as F
+    assert native.step_ops() is not None, native._why_not
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, d, generator=g) * torch.logspace(-2, 2, 5).unsqueeze(1)
+    w = torch.randn(d, generator=g)
+    got = native.rms_norm(x, w, 1e-6)
+    torch.testing.assert_close(got, F.rms_norm(x, (d,), w, 1e-6), rtol=2e-6, atol=1e-6)
+    assert torch.equal(native.rms_norm(x[3:4], w, 1e-6), got[3:4])
+    strided = torch.randn(5, 2 * d, generator=g)[:, :d]          # a view (Gemma's q heads of a q/k/v row)
+    assert torch.equal(native.rms_norm(strided, w, 1e-6), native.rms_norm(strided.contiguous(), w, 1e-6))
+    assert native.rms_norm(x.double(), w.double(), 1e-6) is None
+
+
+def test_without_the_c_kernel_decode_steps_use_torchs_operations(fresh_native, monkeypatch):
+    monkeypatch.setenv("CC", "/bin/false")
+    assert native.step_ops() is None
+    assert native.rms_norm(torch.randn(2, 64), torch.ones(64), 1e-6) is None
+    assert native.step_attention(torch.randn(1, 4, 1, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8), 0.3, None) is None
+    assert native.status()["step_ops"] == "torch"

@@ -26,3 +26,43 @@ def test_step_attention_matches_masked_sdpa(window, batch):
     if window == 5:   # the window really cuts: attending to everything gives something else
         full = step_attention(q, keys, values, 0.3, None)
         assert not torch.allclose(full, ref, atol=1e-3)
+
+
+# The C twin (engine/step_ops.c) that decode steps use where the C kernel is built: it must
+# agree with step_attention to float32 rounding, and give each row what that row gives alone
+# (a step that checks drafted tokens computes each row as a one-token step would).
+@pytest.mark.parametrize("shape", [
+    (1, 14, 2, 64, 520, 1, None),   # Qwen2.5 0.5B: grouped heads, a long cache
+    (1, 14, 2, 64, 520, 5, None),   # decode rows: a token and 4 drafted ones
+    (2, 4, 1, 256, 37, 3, 16),      # Gemma 3's head size, a sliding window that cuts
+    (1, 8, 8, 128, 9, 2, 4),        # one query head per K/V head
+    (1, 6, 2, 8, 1, 1, None),       # a single cached position
+])
+def test_the_c_step_attention_matches_torchs_and_rows_are_independent(shape):
+    from keystroke.engine import native
+    from keystroke.engine.model import step_attention as torch_step
+    assert native.step_ops() is not None, f"the C kernel is unavailable: {native._why_not}"
+    b, h, n_kv, d, end, t, window = shape
+    g = torch.Generator().manual_seed(3)
+    cache_k, cache_v = torch.randn(b, n_kv, end + 40, d, generator=g), torch.randn(b, n_kv, end + 40, d, generator=g)
+    keys, values = cache_k[:, :, :end], cache_v[:, :, :end]
+    q = torch.randn(b, h, t, d, generator=g) * 2
+    got = native.step_attention(q, keys, values, d ** -0.5, window)
+    first = end - t + 1
+    ref = torch.cat([torch_step(q[:, :, i:i + 1], keys[:, :, :first + i], values[:, :, :first + i], d ** -0.5, window)
+                     for i in range(t)], dim=2).transpose(1, 2).reshape(b, t, h * d)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=2e-6)
+    for i in range(t):                  # row i alone, over the keys it sees, gives the same bits
+        alone = native.step_attention(q[:, :, i:i + 1], keys[:, :, :first + i], values[:, :, :first + i],
+                                      d ** -0.5, window)
+        assert torch.equal(alone[:, 0], got[:, i]), i
+
+
+def test_the_c_step_attention_declines_what_it_cannot_compute():
+    from keystroke.engine import native
+    q = torch.randn(1, 4, 1, 8)
+    k = torch.randn(1, 2, 10, 8)
+    assert native.step_attention(q.double(), k.double(), k.double(), 0.3, None) is None   # not float32
+    assert native.step_attention(q, k.transpose(2, 3), k.transpose(2, 3), 0.3, None) is None   # not the cache layout
+    odd = torch.randn(1, 4, 1, 6)
+    assert native.step_attention(odd, torch.randn(1, 2, 10, 6), torch.randn(1, 2, 10, 6), 0.3, None) is None
