@@ -26,7 +26,7 @@ from .loading.registry import DEFAULT_MODEL, resolve
 from .model import Transformer
 from .paths import cache_root
 from .loading import packed
-from .quantize import KERNELS, Packer, pick_quant
+from .quantize import Packer, kernels, pick_quant
 from .threads import ThreadBudget
 
 log = logging.getLogger("keystroke.engine")
@@ -121,7 +121,7 @@ class Engine:
             if close is not None:
                 close()               # drop the file (and anything not consumed)
             ckpt.weights = {}
-        fp = f"{ckpt.fingerprint}:{KERNELS.get(quant, quant)}:{dev.type}"
+        fp = f"{ckpt.fingerprint}:{kernels(quant)}:{dev.type}"
         if dev.type == "cpu" and native.step_ops():   # decode steps' norms and attention in C: their own bits
             fp += f":{native.step_ops()}"
         # K/V go to disk as fp32: fp16 changed Gemma's greedy output after a restore

@@ -51,7 +51,7 @@ ROWS = 16          # activation rows the kernel keeps in registers per pass; abo
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _why_not: str | None = None      # set once loading failed
-_choice: dict[bool, bool] = {}   # small (decode rows)? -> use the C kernel
+_choice: dict = {}              # small (decode rows)? -> use the C kernel; "prompt16" -> prompt16()
 
 
 def _build(target: Path) -> None:
@@ -92,6 +92,8 @@ def _load() -> ctypes.CDLL | None:
         p, i64 = ctypes.c_void_p, ctypes.c_int64
         lib.ks_int8_decode_rows.argtypes = [p, i64, i64, p, p, p, p, i64, p, ctypes.c_int]
         lib.ks_int8_decode_rows.restype = ctypes.c_int
+        lib.ks_int16_prompt_rows.argtypes = [p, i64, i64, p, p, p, p, i64, p, ctypes.c_int]
+        lib.ks_int16_prompt_rows.restype = ctypes.c_int
         lib.ks_rms_norm.argtypes = [p, i64, i64, p, ctypes.c_float, p]
         lib.ks_rms_norm.restype = ctypes.c_int
         lib.ks_step_attention.argtypes = [p, i64, i64, i64, i64, p, p, i64, i64, i64, i64, i64,
@@ -215,6 +217,52 @@ def _ready() -> ctypes.CDLL | None:
     return _lib
 
 
+def prompt_rows16(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor,
+                  bias: torch.Tensor | None) -> torch.Tensor | None:
+    """Prompt rows of an int8 linear with 16-bit activations (int8_kernel.c): x (M, K) float32 ->
+    (M, N) float32, or None where the C kernel cannot serve. Exact integer sums, so chunk-invariant."""
+    m, k = x.shape
+    n = w.shape[0]
+    if (_ready() is None or x.dtype != torch.float32 or x.device.type != "cpu" or w.dtype != torch.int8
+            or w.shape[1] != k or not w.is_contiguous() or scale.dtype != torch.float32 or not scale.is_contiguous()
+            or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()))):
+        return None
+    x = x.contiguous()
+    xq = torch.empty(m, k, dtype=torch.int16)
+    y = torch.empty(m, n)
+    if _lib.ks_int16_prompt_rows(x.data_ptr(), m, k, xq.data_ptr(), w.data_ptr(), scale.data_ptr(),
+                                 None if bias is None else bias.data_ptr(), n, y.data_ptr(),
+                                 torch.get_num_threads()) != 0:
+        return None
+    return y
+
+
+def prompt16() -> bool:
+    """Whether prompt rows run as one 16-bit row in C (`prompt_rows16`) in this process, rather than as
+    two int8 rows through `int8_mm`: timed once, since a CPU with VNNI may run the int8 rows faster.
+    The two give different bits, so the engine names the choice in its fingerprint (quantize.kernels)."""
+    if "prompt16" not in _choice:
+        forced = os.environ.get("KEYSTROKE_INT8_KERNEL", "").strip().lower()
+        if _ready() is None or forced == "torch":
+            choice = False
+        elif forced == "native":
+            choice = True
+        else:
+            g = torch.Generator().manual_seed(2)
+            x = torch.randn(64, 1024, generator=g)
+            w = torch.randint(-127, 128, (2048, 1024), dtype=torch.int8, generator=g)
+            scale = torch.ones(2048)
+            xq = torch.randint(-127, 128, (128, 1024), dtype=torch.int8, generator=g)
+            prompt_rows16(x, w, scale, None)
+            ours = _timed(lambda: prompt_rows16(x, w, scale, None))
+            int8_mm(xq, w)
+            choice = ours < _timed(lambda: int8_mm(xq, w), budget=ours)
+        with _lock:
+            _choice.setdefault("prompt16", choice)
+        log.info("int8 prompt rows: %s", "one 16-bit row (C)" if _choice["prompt16"] else "two int8 rows")
+    return _choice["prompt16"]
+
+
 def step_ops() -> str | None:
     """The name of the decode-step operations in use ("c2"), or None where torch's serve (no C kernel)."""
     return f"c{VERSION}" if _ready() is not None else None
@@ -257,5 +305,6 @@ def status() -> dict:
     """What serves the int8 products (for `keystroke.status` and the benchmarks)."""
     return {"decode_rows": "c" if _choice.get(True) else "torch" if True in _choice else "not yet chosen",
             "prompt_rows": "c" if _choice.get(False) else "torch" if False in _choice else "not yet chosen",
+            "prompt_rows_16bit": _choice.get("prompt16"),
             "step_ops": "c" if _lib is not None else "torch",
             "c_kernel_unavailable": _why_not}

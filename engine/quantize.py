@@ -10,7 +10,12 @@
   cache equivalence needs nothing more from the linears, and the same weights
   serve prefill and decode. Measured on an AVX-512 VNNI CPU (4864x896, 2
   threads): 54 us for one token, 1.9 ms for 256, against fbgemm's dynamic
-  int8 85 us / 2.2 ms and fp16 188 us / 8.2 ms.
+  int8 85 us / 2.2 ms and fp16 188 us / 8.2 ms. Prompt rows are finer than
+  decode rows: one int16 row each in C (`native.prompt_rows16`, int64 sums)
+  where that is faster than two int8 rows (`Int8Linear.fine`), as on the
+  AVX2-only EPYC (896x4864 with 256 rows: 17 against 36 ms; a Qwen 0.5B
+  512-token prefill 130 against 76 tok/s). The two round differently, so
+  the choice is part of the engine's fingerprint (`kernels`).
 - `fp16`: fbgemm fp16 weights (`quantized.linear_dynamic_fp16`).
 - `fp32`: plain `F.linear`, the exact reference.
 - `bf16` / `fp16` on CUDA: the whole model in that dtype (see Engine.load).
@@ -24,12 +29,21 @@ import torch
 from torch import nn
 
 from .errors import KeystrokeError
-from .native import DecodeRows, int8_mm
+from . import native
+from .native import DecodeRows, int8_mm, prompt_rows16
 
 QUANTS = ("int8", "fp16", "fp32", "bf16")
 # Part of every cache key (KV entries on disk, responses): bumped when a format's kernels
 # change its results, so that nothing computed by the old ones is mixed with the new.
 KERNELS = {"int8": "int8-intmm-2rows-v3"}
+KERNELS_C = {"int8": "int8-x16rows-v1"}     # prompt rows as one int16 row (native.prompt_rows16)
+
+
+def kernels(quant: str) -> str:
+    """The name of what computes `quant`'s results in this process: part of the engine's fingerprint."""
+    if quant in KERNELS_C and native.prompt16():
+        return KERNELS_C[quant]
+    return KERNELS.get(quant, quant)
 
 
 class Phase:
@@ -120,6 +134,10 @@ class Int8Linear(nn.Module):
                 if self.bias is not None:
                     y.add_(self.bias)
             return y.view(*shape[:-1], self.out_features)
+        if self.fine and native.prompt16():
+            y = prompt_rows16(x2, self.weight, self.scale, self.bias)   # the C kernel: one 16-bit row
+            if y is not None:
+                return y.view(*shape[:-1], self.out_features)
         xq, xs = quantize_rows(x2)
         if self.fine:
             rq, rs = quantize_rows(x2 - xq.float() * xs)

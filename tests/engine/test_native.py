@@ -134,3 +134,47 @@ def test_without_the_c_kernel_decode_steps_use_torchs_operations(fresh_native, m
     assert native.rms_norm(torch.randn(2, 64), torch.ones(64), 1e-6) is None
     assert native.step_attention(torch.randn(1, 4, 1, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8), 0.3, None) is None
     assert native.status()["step_ops"] == "torch"
+
+
+def _prompt_rows16_in_float64(x: torch.Tensor, lin: Int8Linear) -> torch.Tensor:
+    """What ks_int16_prompt_rows promises, in torch: int16 rows, exact sums (float64 is exact here)."""
+    step = x.abs().amax(-1, keepdim=True).double().clamp(min=1e-30) / 32767.0
+    q = (x * (1.0 / step).float()).round().clamp(-32767, 32767)
+    y = (q.double() @ lin.weight.double().t()).float() * (lin.scale * step.float())
+    return y if lin.bias is None else y + lin.bias
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 37, 100), (5, 70, 64), (17, 33, 200), (256, 65, 4864), (3, 1, 16), (7, 9, 8200)])
+def test_16_bit_prompt_rows_are_exact_and_each_row_stands_alone(m, n, k):
+    """Odd weight rows, rows past a multiple of 4, K past a 16-wide step and past one int32 lane's span."""
+    assert native._load() is not None, native._why_not
+    torch.manual_seed(5)
+    lin = Int8Linear.from_float(torch.randn(n, k) * 0.1, torch.randn(n))
+    x = torch.randn(m, k) * torch.logspace(-3, 3, m).unsqueeze(1)
+    x[0, :3] = 0.0
+    got = native.prompt_rows16(x, lin.weight, lin.scale, lin.bias)
+    assert torch.equal(got, _prompt_rows16_in_float64(x, lin))
+    assert torch.equal(native.prompt_rows16(x[-1:], lin.weight, lin.scale, lin.bias), got[-1:])
+
+
+def test_16_bit_prompt_rows_do_not_overflow_at_full_scale():
+    """Every activation at +-32767 and every weight at +-127 over 8,200 columns: sums past 2^31."""
+    lin = Int8Linear(torch.full((2, 8200), 127, dtype=torch.int8), torch.ones(2), None)
+    lin.weight[1] = -127
+    x = torch.ones(1, 8200)
+    got = native.prompt_rows16(x, lin.weight, lin.scale, None)
+    assert torch.equal(got, _prompt_rows16_in_float64(x, lin))
+    assert got[0, 0] == pytest.approx(8200 * 127 * (1 / 32767) * 32767, rel=1e-6)
+
+
+def test_a_linear_reads_prompt_rows_through_the_chosen_format(monkeypatch):
+    torch.manual_seed(6)
+    lin = Int8Linear.from_float(torch.randn(40, 96), torch.randn(40))
+    x = torch.randn(2, 9, 96)
+    monkeypatch.setitem(native._choice, "prompt16", True)
+    sixteen = lin(x)
+    assert torch.equal(sixteen.view(18, 40), _prompt_rows16_in_float64(x.view(18, 96), lin))
+    monkeypatch.setitem(native._choice, "prompt16", False)
+    two_rows = lin(x)
+    assert not torch.equal(two_rows, sixteen)        # really the other format
+    torch.testing.assert_close(two_rows, sixteen, rtol=1e-3, atol=1e-3)
