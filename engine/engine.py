@@ -26,7 +26,7 @@ from .loading.registry import DEFAULT_MODEL, resolve
 from .model import Transformer
 from .paths import cache_root
 from .loading import packed
-from .quantize import Packer, kernels, pick_quant
+from .quantize import Packer, kernels, pick_quant, row_exact
 from .threads import ThreadBudget
 
 log = logging.getLogger("keystroke.engine")
@@ -74,7 +74,7 @@ class Engine:
         # On a CPU, a request runs on fewer threads while other processes keep cores busy (threads.py).
         self._threads = ThreadBudget(torch.get_num_threads() if device.type == "cpu" else 1)
         # Generated tokens' K/V are kept for the next request only where decode steps compute
-        # them exactly as a prefill would (not int8's: see model.exact_attention).
+        # them exactly as a prefill would (int8 only with the C kernels: see model.py's docstring).
         self.keep_generated = keep_generated
         self.template = fim.detect_template(tokenizer)
         self.draft_tokens = DRAFT_TOKENS if quant == "int8" and device.type == "cpu" else 0
@@ -121,7 +121,8 @@ class Engine:
             if close is not None:
                 close()               # drop the file (and anything not consumed)
             ckpt.weights = {}
-        fp = f"{ckpt.fingerprint}:{kernels(quant)}:{dev.type}"
+        net.phase.row_exact = row_exact(quant, dev)
+        fp = f"{ckpt.fingerprint}:{kernels(quant, dev)}:{dev.type}"
         if dev.type == "cpu" and native.step_ops():   # decode steps' norms and attention in C: their own bits
             fp += f":{native.step_ops()}"
         # K/V go to disk as fp32: fp16 changed Gemma's greedy output after a restore
@@ -135,7 +136,8 @@ class Engine:
         log.info("loaded %s (%s, %s) in %.1fs", name, ckpt.cfg.family, quant, info["load_s"])
         return cls(net, ckpt.tokenizer, name=name, path=path, fingerprint=fp, quant=quant, device=dev,
                    info=info, store=store, responses=responses, max_prompt_tokens=max_prompt_tokens,
-                   keep_generated=not net.exact_attention, response_cache=response_cache)
+                   keep_generated=not net.exact_attention or net.phase.row_exact,
+                   response_cache=response_cache)
 
     @staticmethod
     def _build(ckpt, quant: str, dev: torch.device, root: Path | None, name: str,

@@ -242,9 +242,8 @@ static inline __m256i widen_add(__m256i acc64, __m256i lanes32) {   /* acc64 (4 
 
 __attribute__((target("avx2")))
 static inline int64_t hsum64(__m256i v) {
-    int64_t l[4];
-    _mm256_storeu_si256((__m256i *)l, v);
-    return l[0] + l[1] + l[2] + l[3];
+    const __m128i s = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    return _mm_cvtsi128_si64(_mm_add_epi64(s, _mm_unpackhi_epi64(s, s)));
 }
 
 /* R rows of x (int16) against C rows of w (int8), R <= 4, C <= 2, constants after inlining. */
@@ -256,7 +255,23 @@ static inline void tile16(const int16_t *x, int64_t K, const int8_t *w, int R, i
     for (int64_t k0 = 0; k0 < K16; k0 += 16 * LANE_STEPS) {
         const int64_t k1 = k0 + 16 * LANE_STEPS < K16 ? k0 + 16 * LANE_STEPS : K16;
         for (int i = 0; i < R; i++) for (int j = 0; j < C; j++) acc[i][j] = _mm256_setzero_si256();
-        for (int64_t k = k0; k < k1; k += 16) {
+        int64_t k = k0;
+        for (; k + 32 <= k1; k += 32) {            /* 32 weights a step: one load, two widenings */
+            __m256i wa[2], wb[2];
+            for (int j = 0; j < C; j++) {
+                const __m256i w32 = _mm256_loadu_si256((const __m256i *)(w + j * K + k));
+                wa[j] = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(w32));
+                wb[j] = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(w32, 1));
+            }
+            for (int i = 0; i < R; i++) {
+                const __m256i xa = _mm256_loadu_si256((const __m256i *)(x + i * K + k));
+                const __m256i xb = _mm256_loadu_si256((const __m256i *)(x + i * K + k + 16));
+                for (int j = 0; j < C; j++)
+                    acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_add_epi32(_mm256_madd_epi16(xa, wa[j]),
+                                                                             _mm256_madd_epi16(xb, wb[j])));
+            }
+        }
+        for (; k < k1; k += 16) {
             __m256i wv[2];
             for (int j = 0; j < C; j++) wv[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + j * K + k)));
             for (int i = 0; i < R; i++) {
@@ -310,10 +325,13 @@ int ks_int16_prompt_rows(const float *x, int64_t M, int64_t K, int16_t *xq, cons
     for (int64_t b = 0; b < blocks; b++) {
         const int64_t n0 = b * PROMPT_BLOCK, n1 = n0 + PROMPT_BLOCK < N ? n0 + PROMPT_BLOCK : N;
         int64_t sums[4][2];
+        /* Up to 4 rows (decode steps): one weight row at a time, a single stream through memory,
+         * measured 2x the 2-row tile's speed from DRAM on 896-wide layers; more rows: pairs. */
+        const int pair = M > 4 ? 2 : 1;
         for (int64_t m = 0; m < M; m += 4) {
             const int R = M - m < 4 ? (int)(M - m) : 4;
-            for (int64_t n = n0; n < n1; n += 2) {
-                const int C = n1 - n < 2 ? 1 : 2;
+            for (int64_t n = n0; n < n1; n += pair) {
+                const int C = n1 - n < pair ? 1 : pair;
                 rows16(xq, m, R, K, w, n, C, sums);
                 for (int i = 0; i < R; i++)
                     for (int j = 0; j < C; j++) {

@@ -13,18 +13,21 @@ The K/V cache is an argument (`KVCache`), never a module attribute, so one
 model serves many documents. Projections that read the same input are fused
 (q/k/v in one matrix, gate/up in one) to keep the per-token op count low.
 
-`exact_attention` (set for int8 weights, whose activation rounding turns the
-last-bit differences between kernels into different tokens) computes the
-prompt's attention in float64 and rounds the result to float32: a token's
+int8 weights turn the last-bit differences between kernels into different
+tokens, so a token's result must not depend on how many rows shared a call.
+Where the C kernels serve (`phase.row_exact`, the CPU default), every row
+is computed alone: the linears as one 16-bit row each (quantize.py), norms
+and attention in C (native.rms_norm, native.step_attention: row i over the
+keys up to its position, causal by construction). A prompt prefilled in any
+chunks then gives bit-identical K/V, and so does a decode step: generated
+tokens' K/V are kept for the next request (Engine.keep_generated), and a
+suggestion continued from a generation in flight is the one a fresh
+request would give. Without the C kernels, `exact_attention` computes a
+prompt's attention in float64 and rounds the result to float32 (a token's
 output then no longer depends on how many query rows or masked keys shared
-its kernel call, so a prompt prefilled in any chunks gives bit-identical K/V
-(see quantize.py for the linears' half of that promise). Decode steps keep
-float32 attention (measured: float64 cost Gemma 3 18 of 44 ms per token);
-they are deterministic for a given cache, so warm and cold still agree, but
-generated tokens' K/V differ from a prefill's in the last bits and are not
-kept (Engine.keep_generated). That frees decode steps to run their norms and
-attention as single C calls (native.rms_norm, native.step_attention) where
-the C kernel is built: each replaces six to twenty torch operations.
+its kernel call); decode steps keep float32 attention, deterministic for a
+given cache, so warm and cold still agree, but their K/V differ from a
+prefill's in the last bits and are not kept.
 
 Weights arrive as a dict in canonical Hugging Face names (see
 `Transformer.from_weights`), with norm weights as the effective multiplier
@@ -107,7 +110,7 @@ class RMSNorm(nn.Module):
         self.phase: Phase | None = None          # shared with the Transformer (Transformer.share_phase)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.phase is not None and self.phase.decode:
+        if self.phase is not None and (self.phase.decode or self.phase.row_exact):
             y = native.rms_norm(x, self.weight, self.eps)
             if y is not None:
                 return y
@@ -181,15 +184,17 @@ class Attention(nn.Module):
         q, k = qk[:, :H], qk[:, H:]
         v = qkv[..., qk_out:].view(B, T, self.n_kv, self.hd).transpose(1, 2)
         keys, values = cache.write(self.layer, start, k, v)
+        if self.phase is not None and (self.phase.row_exact or (self.phase.decode and mask is None)):
+            # Each row alone over the keys up to its position (within the window): a prompt's
+            # rows as causal attention, decode rows as one-token steps, in C (step_ops.c).
+            flat = native.step_attention(q, keys, values, self.scale, self.window)
+            if flat is not None:
+                return self.wo(flat)
         if exact:
             out = exact_attention(q, keys, values, mask, self.scale)
         elif mask is None:
             # A one-token step, or decode rows (a step that checks drafted tokens): each row attends
             # exactly as a one-token step at its position would, so checking a draft changes no bit.
-            if self.phase is not None and self.phase.decode:
-                flat = native.step_attention(q, keys, values, self.scale, self.window)
-                if flat is not None:
-                    return self.wo(flat)
             first = keys.shape[2] - T + 1
             out = torch.cat([step_attention(q[:, :, i:i + 1], keys[:, :, :first + i], values[:, :, :first + i],
                                             self.scale, self.window) for i in range(T)], dim=2)
@@ -352,7 +357,11 @@ class Transformer(nn.Module):
         cache.length = start + T
         if last_only:
             x = x[:, -1]
-        return self.output(self.norm(x)).float()
+        self.phase.logits = True
+        try:
+            return self.output(self.norm(x)).float()
+        finally:
+            self.phase.logits = False
 
     @classmethod
     def from_weights(cls, cfg: ModelConfig, weights, dtype: torch.dtype = torch.float32,

@@ -18,12 +18,14 @@ Without a compiler, AVX2 or a working build, torch's kernel serves every
 product and the reason is logged once. `KEYSTROKE_INT8_KERNEL=torch` (or
 `native`) overrides the timing.
 
-The decode step's small operations need no timing: one C call replaces six
-to twenty torch operations (measured in step_ops.c's header). They compute in
-float32 in their own fixed order, so their bits are not torch's: the engine
-uses them only for decode steps, whose K/V are not kept for later requests
-when the weights are int8, and names them in its fingerprint (`step_ops()`),
-so cached responses never mix the two.
+The small operations need no timing: one C call replaces six to twenty torch
+operations (measured in step_ops.c's header). They compute each row alone in
+float32, in their own fixed order, so their bits are not torch's. With int8
+weights, where `prompt16()` holds, every row of every layer goes through
+them and the 16-bit prompt rows (quantize.Phase.row_exact): a decode step
+then computes exactly what a prefill of the same token would, so generated
+tokens' K/V are kept. The engine names the mode in its fingerprint
+(quantize.kernels, `step_ops()`), so caches never mix the two.
 """
 from __future__ import annotations
 

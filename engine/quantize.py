@@ -10,12 +10,16 @@
   cache equivalence needs nothing more from the linears, and the same weights
   serve prefill and decode. Measured on an AVX-512 VNNI CPU (4864x896, 2
   threads): 54 us for one token, 1.9 ms for 256, against fbgemm's dynamic
-  int8 85 us / 2.2 ms and fp16 188 us / 8.2 ms. Prompt rows are finer than
-  decode rows: one int16 row each in C (`native.prompt_rows16`, int64 sums)
-  where that is faster than two int8 rows (`Int8Linear.fine`), as on the
-  AVX2-only EPYC (896x4864 with 256 rows: 17 against 36 ms; a Qwen 0.5B
-  512-token prefill 130 against 76 tok/s). The two round differently, so
-  the choice is part of the engine's fingerprint (`kernels`).
+  int8 85 us / 2.2 ms and fp16 188 us / 8.2 ms.
+  Where the C kernel's 16-bit rows are faster than two int8 rows
+  (`native.prompt16`; on the AVX2-only EPYC 896x4864 with 256 rows took 17
+  against 36 ms), every layer row, prompt or decode, is one int16 row
+  (`native.prompt_rows16`, exact int64 sums): `Phase.row_exact`, in which a
+  decode step gives a prefill's bits (model.py). The output projection then
+  reads one int8 row per token (the decode rows below) in both. Otherwise
+  prompt rows are two int8 rows (`Int8Linear.fine`) and decode rows one.
+  The modes round differently, so the mode is part of the engine's
+  fingerprint (`kernels`).
 - `fp16`: fbgemm fp16 weights (`quantized.linear_dynamic_fp16`).
 - `fp32`: plain `F.linear`, the exact reference.
 - `bf16` / `fp16` on CUDA: the whole model in that dtype (see Engine.load).
@@ -36,21 +40,34 @@ QUANTS = ("int8", "fp16", "fp32", "bf16")
 # Part of every cache key (KV entries on disk, responses): bumped when a format's kernels
 # change its results, so that nothing computed by the old ones is mixed with the new.
 KERNELS = {"int8": "int8-intmm-2rows-v3"}
-KERNELS_C = {"int8": "int8-x16rows-v1"}     # prompt rows as one int16 row (native.prompt_rows16)
+KERNELS_C = {"int8": "int8-x16rows-c-v1"}   # Phase.row_exact: int16 rows, C norms and attention
 
 
-def kernels(quant: str) -> str:
+def row_exact(quant: str, device: torch.device) -> bool:
+    """Whether `quant` runs every row through the C kernels here (Phase.row_exact)."""
+    return quant in KERNELS_C and device.type == "cpu" and native.prompt16()
+
+
+def kernels(quant: str, device: torch.device) -> str:
     """The name of what computes `quant`'s results in this process: part of the engine's fingerprint."""
-    if quant in KERNELS_C and native.prompt16():
-        return KERNELS_C[quant]
-    return KERNELS.get(quant, quant)
+    return KERNELS_C[quant] if row_exact(quant, device) else KERNELS.get(quant, quant)
 
 
 class Phase:
-    """Shared flag: True while the model runs decode steps (one token, or one token and its drafted guesses)."""
+    """Flags the Transformer shares with its modules (Transformer.share_phase).
+
+    `decode`: the model runs decode steps (one token, or one token and its drafted guesses).
+    `row_exact`: every row runs through the C kernels, each row alone (16-bit prompt rows for the
+    layers' linears, C norms and attention): a decode row then gives exactly a prefill row's bits,
+    so generated tokens' K/V can be kept (`row_exact`, set by Engine.load). `logits`: the output
+    projection is running; under `row_exact` it reads decode rows, prompt or not, so that a
+    prefill's last logits are a decode step's.
+    """
 
     def __init__(self) -> None:
         self.decode = False
+        self.row_exact = False
+        self.logits = False
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +143,15 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        decode = self.phase is not None and self.phase.decode
+        phase = self.phase
+        if phase is not None and phase.row_exact and not phase.logits:
+            y = prompt_rows16(x2, self.weight, self.scale, self.bias)   # every row: one 16-bit row in C
+            if y is not None:
+                return y.view(*shape[:-1], self.out_features)
+        decode = phase is not None and (phase.decode or (phase.row_exact and phase.logits))
+        if decode and x2.shape[0] > native.ROWS:   # logits of many rows (row_exact): decode rows, in slices
+            return torch.cat([self(x2[i:i + native.ROWS]) for i in range(0, x2.shape[0], native.ROWS)]).view(
+                *shape[:-1], self.out_features)
         if decode:
             y = self._c_rows(x2)   # the C kernel when it serves decode rows: the same bits
             if y is None:
@@ -134,10 +159,6 @@ class Int8Linear(nn.Module):
                 if self.bias is not None:
                     y.add_(self.bias)
             return y.view(*shape[:-1], self.out_features)
-        if self.fine and native.prompt16():
-            y = prompt_rows16(x2, self.weight, self.scale, self.bias)   # the C kernel: one 16-bit row
-            if y is not None:
-                return y.view(*shape[:-1], self.out_features)
         xq, xs = quantize_rows(x2)
         if self.fine:
             rq, rs = quantize_rows(x2 - xq.float() * xs)

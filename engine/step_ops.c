@@ -7,8 +7,8 @@
  *
  * Every row is computed alone, in a fixed order: the result for a row never depends on how
  * many rows a call has (a step that checks drafted tokens computes each row as a one-token
- * step would). float32 throughout; no fused multiply-add (-ffp-contract=off), so the build
- * does not change the bits with the compiler's mood.
+ * step would). float32 throughout; no fused multiply-add (-ffp-contract=off: measured no
+ * faster here), so the build does not change the bits with the compiler's mood.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -71,25 +71,23 @@ static inline __m256 exp_nonpositive(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-/* One query row of one head over keys [lo, end) of its K/V head: out = softmax(q.k * scale) v.
- * s: scratch of at least end - lo + 8 floats. */
-__attribute__((target("avx2")))
-static void attend(const float *q, const float *k, const float *v, int64_t kstride, int64_t lo, int64_t end,
-                   int64_t D, float scale, float *s, float *out) {
-    const int64_t n = end - lo;
-    float mx = -INFINITY;
-    for (int64_t t = 0; t < n; t++) {
-        const float *kr = k + (lo + t) * kstride;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-        int64_t d = 0;
-        for (; d + 16 <= D; d += 16) {
-            a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(kr + d)));
-            a1 = _mm256_add_ps(a1, _mm256_mul_ps(_mm256_loadu_ps(q + d + 8), _mm256_loadu_ps(kr + d + 8)));
-        }
-        if (d < D) a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(kr + d)));
-        s[t] = hsum_ps(_mm256_add_ps(a0, a1)) * scale;
-        mx = s[t] > mx ? s[t] : mx;
+/* Query heads h0..h0+hb (hb <= 4) of one row against key t: their scores, the key read once. */
+__attribute__((target("avx2"), always_inline))
+static inline void scores4(const float *q, int64_t D, const float *kr, int hb, float scale, float *out4) {
+    __m256 acc[4];
+    for (int j = 0; j < hb; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; d += 8) {
+        const __m256 kv = _mm256_loadu_ps(kr + d);
+        for (int j = 0; j < hb; j++) acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(_mm256_loadu_ps(q + j * D + d), kv));
     }
+    for (int j = 0; j < hb; j++) out4[j] = hsum_ps(acc[j]) * scale;
+}
+
+/* softmax of n scores in place; returns 1 / their sum of exponentials. */
+__attribute__((target("avx2")))
+static float softmax_unnormalized(float *s, int64_t n) {
+    float mx = -INFINITY;
+    for (int64_t t = 0; t < n; t++) mx = s[t] > mx ? s[t] : mx;
     const __m256 vmx = _mm256_set1_ps(mx);
     __m256 vsum = _mm256_setzero_ps();
     int64_t t = 0;
@@ -106,44 +104,75 @@ static void attend(const float *q, const float *k, const float *v, int64_t kstri
         _mm256_storeu_ps(tail, p);
         for (int i = 0; t + i < n; i++) { s[t + i] = tail[i]; sum += tail[i]; }
     }
-    const __m256 inv = _mm256_set1_ps(1.0f / sum);
-    for (int64_t d0 = 0; d0 < D; d0 += 64) {         /* 64 dimensions at a time, in registers */
-        const int64_t w8 = (D - d0 < 64 ? D - d0 : 64) / 8;
-        __m256 acc[8];
-        for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
-        for (int64_t u = 0; u < n; u++) {
-            const __m256 p = _mm256_set1_ps(s[u]);
-            const float *vr = v + (lo + u) * kstride + d0;
-            for (int j = 0; j < w8; j++) acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(p, _mm256_loadu_ps(vr + 8 * j)));
+    return 1.0f / sum;
+}
+
+/* One query row of the G query heads that share a K/V head, over keys [lo, end):
+ * out_h = softmax(q_h . k * scale) v, each key and value row read once for all G heads.
+ * q: G rows of D; k, v: rows of D; s: scratch of G * (end - lo) floats; out: G rows at ostride. */
+__attribute__((target("avx2")))
+static void attend_group(const float *q, int64_t G, const float *k, const float *v, int64_t lo, int64_t end,
+                         int64_t D, float scale, float *s, float *out, int64_t ostride) {
+    const int64_t n = end - lo;
+    for (int64_t t = 0; t < n; t++) {
+        const float *kr = k + (lo + t) * D;
+        for (int64_t h0 = 0; h0 < G; h0 += 4) {
+            const int hb = G - h0 < 4 ? (int)(G - h0) : 4;
+            float sc[4] = {0, 0, 0, 0};
+            switch (hb) {     /* constant head counts, so the accumulators stay in registers */
+            case 4: scores4(q + h0 * D, D, kr, 4, scale, sc); break;
+            case 3: scores4(q + h0 * D, D, kr, 3, scale, sc); break;
+            case 2: scores4(q + h0 * D, D, kr, 2, scale, sc); break;
+            default: scores4(q + h0 * D, D, kr, 1, scale, sc); break;
+            }
+            for (int j = 0; j < hb; j++) s[(h0 + j) * n + t] = sc[j];
         }
-        for (int j = 0; j < w8; j++) _mm256_storeu_ps(out + d0 + 8 * j, _mm256_mul_ps(acc[j], inv));
+    }
+    float inv[G];
+    for (int64_t h = 0; h < G; h++) inv[h] = softmax_unnormalized(s + h * n, n);
+    for (int64_t h = 0; h < G; h++) {          /* out_h = sum over keys of p_h[u] v[u], in their order */
+        const float *p = s + h * n;
+        float *o = out + h * ostride;
+        for (int64_t d0 = 0; d0 < D; d0 += 64) {  /* 64 dimensions at a time, in registers */
+            const int w8 = (int)((D - d0 < 64 ? D - d0 : 64) / 8);
+            __m256 acc[8];
+            for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+            for (int64_t u = 0; u < n; u++) {
+                const __m256 pu = _mm256_set1_ps(p[u]);
+                const float *vr = v + (lo + u) * D + d0;
+                for (int j = 0; j < w8; j++) acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(pu, _mm256_loadu_ps(vr + 8 * j)));
+            }
+            const __m256 r = _mm256_set1_ps(inv[h]);
+            for (int j = 0; j < w8; j++) _mm256_storeu_ps(o + d0 + 8 * j, _mm256_mul_ps(acc[j], r));
+        }
     }
 }
 
-/* Attention of M decode rows over the cache, query heads grouped by their K/V head.
+/* Attention of M rows over the cache, query heads grouped by their K/V head.
  * q: (B, H, M, D) contiguous. k, v: the cache's buffers, element [b][g][t][d] at
  * b * bstride + g * hstride + t * D + d. Row i sees keys [max(0, end - window), end) with
  * end = end0 + i (window <= 0: all). out: (B, M, H, D), the layout the output projection reads.
+ * One task per (batch, K/V head, row): each reads its keys and values once for its query heads.
  * Returns 0, or -1 without AVX2, with D not a multiple of 8, or without memory. */
 int ks_step_attention(const float *q, int64_t B, int64_t H, int64_t M, int64_t D,
                       const float *k, const float *v, int64_t n_kv, int64_t bstride, int64_t hstride,
                       int64_t end0, int64_t window, float scale, float *out, int threads) {
     if (!__builtin_cpu_supports("avx2") || D % 8 || H % n_kv || end0 < 1) return -1;
-    const int64_t group = H / n_kv, tasks = B * H;
+    const int64_t G = H / n_kv, tasks = B * n_kv * M;
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
-        float *s = malloc((size_t)(end0 + M + 8) * sizeof(float));
+        float *s = malloc((size_t)(G * (end0 + M) + G * D + 8) * sizeof(float));
+        float *qrow = s ? s + G * (end0 + M) : NULL;   /* the G query rows of one row, contiguous */
         #pragma omp for schedule(static)
         for (int64_t task = 0; task < tasks; task++) {   /* every thread meets the loop, even without memory */
             if (!s) { failed = 1; continue; }
-            const int64_t b = task / H, h = task % H, g = h / group;
-            const float *kb = k + b * bstride + g * hstride, *vb = v + b * bstride + g * hstride;
-            for (int64_t i = 0; i < M; i++) {
-                const int64_t end = end0 + i, lo = window > 0 && end > window ? end - window : 0;
-                attend(q + ((b * H + h) * M + i) * D, kb, vb, D, lo, end, D, scale, s,
-                       out + ((b * M + i) * H + h) * D);
-            }
+            const int64_t i = task % M, g = (task / M) % n_kv, b = task / (M * n_kv);
+            const int64_t end = end0 + i, lo = window > 0 && end > window ? end - window : 0;
+            for (int64_t h = 0; h < G; h++)
+                for (int64_t d = 0; d < D; d++) qrow[h * D + d] = q[((b * H + g * G + h) * M + i) * D + d];
+            attend_group(qrow, G, k + b * bstride + g * hstride, v + b * bstride + g * hstride, lo, end, D, scale,
+                         s, out + ((b * M + i) * H + g * G) * D, D);
         }
         free(s);
     }

@@ -167,14 +167,20 @@ def test_16_bit_prompt_rows_do_not_overflow_at_full_scale():
     assert got[0, 0] == pytest.approx(8200 * 127 * (1 / 32767) * 32767, rel=1e-6)
 
 
-def test_a_linear_reads_prompt_rows_through_the_chosen_format(monkeypatch):
+def test_a_linear_reads_every_row_as_16_bits_in_row_exact_mode():
     torch.manual_seed(6)
     lin = Int8Linear.from_float(torch.randn(40, 96), torch.randn(40))
+    lin.phase = Phase()
     x = torch.randn(2, 9, 96)
-    monkeypatch.setitem(native._choice, "prompt16", True)
+    lin.phase.row_exact = True
     sixteen = lin(x)
     assert torch.equal(sixteen.view(18, 40), _prompt_rows16_in_float64(x.view(18, 96), lin))
-    monkeypatch.setitem(native._choice, "prompt16", False)
+    lin.phase.decode = True                             # decode rows too: the same bits
+    assert torch.equal(lin(x), sixteen)
+    lin.phase.logits = True                             # the output projection: decode rows, in slices of ROWS
+    assert torch.equal(lin(x).view(18, 40), torch.cat([lin._step_rows(x.view(18, 96)[:16]),
+                                                       lin._step_rows(x.view(18, 96)[16:])]) + lin.bias)
+    lin.phase.row_exact = lin.phase.decode = lin.phase.logits = False
     two_rows = lin(x)
     assert not torch.equal(two_rows, sixteen)        # really the other format
     torch.testing.assert_close(two_rows, sixteen, rtol=1e-3, atol=1e-3)

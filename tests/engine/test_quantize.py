@@ -140,9 +140,11 @@ def test_int8_model_holds_one_int8_copy_of_each_weight(family_dir, tmp_path):
 
 
 def test_prompts_use_two_int8_rows_and_decode_steps_one(tiny_llama_dir, tmp_path):
-    """Every int8 linear reads the model's phase, whether converted now or mapped from the packed cache."""
+    """Every int8 linear reads the model's phase, whether converted now or mapped from the packed cache.
+    (Without the C kernels' row-exact mode: with it, both are one 16-bit row, tested below.)"""
     for attempt in range(2):   # the first load converts and caches, the second maps the cache
         model = _engine(tiny_llama_dir, tmp_path).model
+        model.phase.row_exact = False
         linears = [m for m in model.modules() if isinstance(m, Int8Linear)]
         assert linears and all(m.phase is model.phase and m.fine for m in linears), attempt
         x = torch.randn(3, linears[0].in_features)
@@ -154,3 +156,27 @@ def test_prompts_use_two_int8_rows_and_decode_steps_one(tiny_llama_dir, tmp_path
         exact = torch.nn.functional.linear(x, linears[0].weight.float() * linears[0].scale[:, None],
                                            linears[0].bias)
         assert (fine - exact).abs().max() < (coarse - exact).abs().max()
+
+
+def test_with_the_c_kernels_a_decode_step_gives_a_prefill_rows_bits(family_dir, tmp_path):
+    """Row-exact mode (Phase.row_exact): K/V and logits of tokens decoded one at a time, or checked
+    as drafted rows, equal those of the same tokens prefilled in one piece, bit for bit; so the
+    engine keeps generated tokens' K/V and a warm request reuses them."""
+    engine = _engine(family_dir, tmp_path)
+    model = engine.model
+    assert model.phase.row_exact, "the C kernels are unavailable or lost the timing: see engine.native"
+    assert engine.keep_generated
+    torch.manual_seed(7)
+    ids = torch.randint(0, engine.cfg.vocab_size, (1, 40))
+    whole = model.new_cache(capacity=64)
+    ref = model(ids, whole, last_only=False)
+    steps = model.new_cache(capacity=64)
+    got = [model(ids[:, :10], steps, last_only=False)]
+    for i in range(10, 30):                    # one-token decode steps
+        got.append(model(ids[:, i:i + 1], steps, last_only=False, decode=True))
+    got.append(model(ids[:, 30:35], steps, last_only=False, decode=True))   # a token and 4 drafted ones
+    got.append(model(ids[:, 35:40], steps, last_only=False))                # a prompt chunk again
+    assert torch.equal(torch.cat(got, dim=1), ref)
+    for layer in range(engine.cfg.n_layers):
+        assert torch.equal(steps.k[layer][:, :, :40], whole.k[layer][:, :, :40]), layer
+        assert torch.equal(steps.v[layer][:, :, :40], whole.v[layer][:, :, :40]), layer
