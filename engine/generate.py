@@ -269,16 +269,24 @@ def continues_on_line(line_before_cursor: str, language_id: str = "") -> bool:
 
 
 def _before_content(rows: list[_Row], allowed: torch.Tensor | None, banned: torch.Tensor) -> torch.Tensor | None:
-    """`allowed`, without the `banned` tokens for the rows that have written nothing but blanks yet
-    (and are not re-typing healed text, whose tokens are already constrained)."""
-    waiting = [row.reason is None and not row.checker.seen_content and not row.pending for row in rows]
+    """`allowed`, without the `banned` tokens for the rows that have written nothing but blanks yet.
+
+    A row still re-typing healed text is included: the token that finishes the healed blanks may
+    be the content token to avoid (at an indented blank line, a docstring's quotes after three
+    spaces), and sparing it let a retry write what it was asked not to. A ban that would leave a
+    row no token at all is not applied."""
+    waiting = [row.reason is None and not row.checker.seen_content for row in rows]
     if not any(waiting):
         return allowed
     size = banned.shape[0]
     base = allowed if allowed is not None else torch.ones(size, dtype=torch.bool)
     if base.dim() == 1:
         base = base.expand(len(rows), size)
-    return torch.stack([b & ~banned if w else b for b, w in zip(base, waiting)])
+    out = []
+    for b, w in zip(base, waiting):
+        kept = b & ~banned if w else b
+        out.append(kept if bool(kept.any()) else b)
+    return torch.stack(out)
 
 
 def _healing_mask(rows: list[_Row], heal: HealPlan | None, tokenizer: Tokenizer,

@@ -325,9 +325,10 @@ int ks_int16_prompt_rows(const float *x, int64_t M, int64_t K, int16_t *xq, cons
     for (int64_t b = 0; b < blocks; b++) {
         const int64_t n0 = b * PROMPT_BLOCK, n1 = n0 + PROMPT_BLOCK < N ? n0 + PROMPT_BLOCK : N;
         int64_t sums[4][2];
-        /* Up to 4 rows (decode steps): one weight row at a time, a single stream through memory,
-         * measured 2x the 2-row tile's speed from DRAM on 896-wide layers; more rows: pairs. */
-        const int pair = M > 4 ? 2 : 1;
+        /* Decode rows (up to ROWS: a step and its drafted tokens): one weight row at a time, a
+         * single stream through memory, measured 2x the pairs' speed from DRAM on 896-wide
+         * layers; more rows (prompts, compute-bound): pairs of weight rows. */
+        const int pair = M > ROWS ? 2 : 1;
         for (int64_t m = 0; m < M; m += 4) {
             const int R = M - m < 4 ? (int)(M - m) : 4;
             for (int64_t n = n0; n < n1; n += pair) {

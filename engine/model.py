@@ -357,11 +357,7 @@ class Transformer(nn.Module):
         cache.length = start + T
         if last_only:
             x = x[:, -1]
-        self.phase.logits = True
-        try:
-            return self.output(self.norm(x)).float()
-        finally:
-            self.phase.logits = False
+        return self.output(self.norm(x)).float()
 
     @classmethod
     def from_weights(cls, cfg: ModelConfig, weights, dtype: torch.dtype = torch.float32,

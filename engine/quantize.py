@@ -15,9 +15,10 @@
   (`native.prompt16`; on the AVX2-only EPYC 896x4864 with 256 rows took 17
   against 36 ms), every layer row, prompt or decode, is one int16 row
   (`native.prompt_rows16`, exact int64 sums): `Phase.row_exact`, in which a
-  decode step gives a prefill's bits (model.py). The output projection then
-  reads one int8 row per token (the decode rows below) in both. Otherwise
-  prompt rows are two int8 rows (`Int8Linear.fine`) and decode rows one.
+  decode step gives a prefill's bits (model.py). From DRAM, one 16-bit
+  decode row runs as fast as one int8 row (a single stream through the
+  weights). Otherwise prompt rows are two int8 rows (`Int8Linear.fine`) and
+  decode rows one.
   The modes round differently, so the mode is part of the engine's
   fingerprint (`kernels`).
 - `fp16`: fbgemm fp16 weights (`quantized.linear_dynamic_fp16`).
@@ -57,17 +58,14 @@ class Phase:
     """Flags the Transformer shares with its modules (Transformer.share_phase).
 
     `decode`: the model runs decode steps (one token, or one token and its drafted guesses).
-    `row_exact`: every row runs through the C kernels, each row alone (16-bit prompt rows for the
-    layers' linears, C norms and attention): a decode row then gives exactly a prefill row's bits,
-    so generated tokens' K/V can be kept (`row_exact`, set by Engine.load). `logits`: the output
-    projection is running; under `row_exact` it reads decode rows, prompt or not, so that a
-    prefill's last logits are a decode step's.
+    `row_exact`: every row runs through the C kernels, each row alone (one 16-bit row per token
+    for every linear, C norms and attention): a decode row then gives exactly a prefill row's
+    bits, so generated tokens' K/V can be kept (set by Engine.load).
     """
 
     def __init__(self) -> None:
         self.decode = False
         self.row_exact = False
-        self.logits = False
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,15 +141,11 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        phase = self.phase
-        if phase is not None and phase.row_exact and not phase.logits:
+        if self.phase is not None and self.phase.row_exact:
             y = prompt_rows16(x2, self.weight, self.scale, self.bias)   # every row: one 16-bit row in C
             if y is not None:
                 return y.view(*shape[:-1], self.out_features)
-        decode = phase is not None and (phase.decode or (phase.row_exact and phase.logits))
-        if decode and x2.shape[0] > native.ROWS:   # logits of many rows (row_exact): decode rows, in slices
-            return torch.cat([self(x2[i:i + native.ROWS]) for i in range(0, x2.shape[0], native.ROWS)]).view(
-                *shape[:-1], self.out_features)
+        decode = self.phase is not None and self.phase.decode
         if decode:
             y = self._c_rows(x2)   # the C kernel when it serves decode rows: the same bits
             if y is None:
