@@ -305,6 +305,9 @@ def step_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, sc
 
 def status() -> dict:
     """What serves the int8 products (for `keystroke.status` and the benchmarks)."""
+    if _choice.get("prompt16"):    # row-exact mode: every row is one 16-bit row in C
+        return {"decode_rows": "c, 16-bit", "prompt_rows": "c, 16-bit", "prompt_rows_16bit": True,
+                "step_ops": "c", "c_kernel_unavailable": None}
     return {"decode_rows": "c" if _choice.get(True) else "torch" if True in _choice else "not yet chosen",
             "prompt_rows": "c" if _choice.get(False) else "torch" if False in _choice else "not yet chosen",
             "prompt_rows_16bit": _choice.get("prompt16"),
