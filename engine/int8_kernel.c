@@ -154,9 +154,9 @@ int ks_int8_mm(const int8_t *x, int64_t M, int64_t K, const int8_t *w, int64_t N
     return 0;
 }
 
-/* One decode row to int8 as Int8Linear._one_row does (a NaN in x gives an undefined row, as there). */
+/* max |x[k]| over a row (exact, in any order). */
 __attribute__((target("avx2")))
-static float quantize_row(const float *x, int64_t K, int8_t *q) {
+static float max_abs(const float *x, int64_t K) {
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const int64_t K8 = K & ~(int64_t)7;
     __m256 vmax = _mm256_setzero_ps();
@@ -165,6 +165,14 @@ static float quantize_row(const float *x, int64_t K, int8_t *q) {
     _mm256_storeu_ps(lanes, vmax);
     for (int i = 0; i < 8; i++) amax = lanes[i] > amax ? lanes[i] : amax;
     for (int64_t k = K8; k < K; k++) amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
+    return amax;
+}
+
+/* One decode row to int8 as Int8Linear._one_row does (a NaN in x gives an undefined row, as there). */
+__attribute__((target("avx2")))
+static float quantize_row(const float *x, int64_t K, int8_t *q) {
+    const int64_t K8 = K & ~(int64_t)7;
+    const float amax = max_abs(x, K);
     const double s = (amax > 1e-30 ? (double)amax : 1e-30) / 127.0;
     const float inv = (float)(1.0 / s);
     const __m256 vinv = _mm256_set1_ps(inv);
@@ -208,14 +216,7 @@ int ks_int8_decode_rows(const float *x, int64_t M, int64_t K, int8_t *xq, const 
 
 __attribute__((target("avx2")))
 static float quantize_row16(const float *x, int64_t K, int16_t *q) {
-    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    const int64_t K8 = K & ~(int64_t)7;
-    __m256 vmax = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K8; k += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(x + k), abs_mask));
-    float lanes[8], amax = 0.0f;
-    _mm256_storeu_ps(lanes, vmax);
-    for (int i = 0; i < 8; i++) amax = lanes[i] > amax ? lanes[i] : amax;
-    for (int64_t k = K8; k < K; k++) amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
+    const float amax = max_abs(x, K);
     const double s = (amax > 1e-30 ? (double)amax : 1e-30) / 32767.0;
     const float inv = (float)(1.0 / s);
     const __m256 vinv = _mm256_set1_ps(inv), hi = _mm256_set1_ps(32767.0f), lo = _mm256_set1_ps(-32767.0f);

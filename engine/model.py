@@ -184,7 +184,7 @@ class Attention(nn.Module):
         q, k = qk[:, :H], qk[:, H:]
         v = qkv[..., qk_out:].view(B, T, self.n_kv, self.hd).transpose(1, 2)
         keys, values = cache.write(self.layer, start, k, v)
-        if self.phase is not None and (self.phase.row_exact or (self.phase.decode and mask is None)):
+        if self.phase is not None and (self.phase.row_exact or self.phase.decode):   # decode: no mask
             # Each row alone over the keys up to its position (within the window): a prompt's
             # rows as causal attention, decode rows as one-token steps, in C (step_ops.c).
             flat = native.step_attention(q, keys, values, self.scale, self.window)
