@@ -285,7 +285,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor 
 
 def step_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float,
                    window: int | None) -> torch.Tensor | None:
-    """Decode rows' attention over the cache in one C call: (B, T, H * D) float32, or None where the
+    """Attention of T rows over the cache in one C call (decode rows, or a prompt's rows in row-exact
+    mode, causal by construction): (B, T, H * D) float32, or None where the
     C kernel cannot serve. q (B, H, T, D); keys/values (B, n_kv, end, D), views of the cache's
     buffers; row i sees the keys up to position end - T + i (within `window`), as model.step_attention."""
     b, h, t, d = q.shape

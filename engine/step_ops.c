@@ -1,4 +1,5 @@
-/* The small operations of a decode step in C: RMSNorm and attention over the KV-cache.
+/* The small operations of a forward pass in C: RMSNorm and attention over the KV-cache
+ * (every row in row-exact mode, decode rows otherwise: engine/native.py).
  *
  * Why: a decode step of Qwen2.5 0.5B runs some 1,500 torch operations besides its int8
  * products; on a 2-core AVX2 EPYC an RMSNorm of one 896-wide row took 64 us inside a step
