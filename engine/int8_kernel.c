@@ -212,6 +212,7 @@ int ks_int8_decode_rows(const float *x, int64_t M, int64_t K, int8_t *xq, const 
  * sums are exact: an int32 lane takes at most LANE_STEPS products of 2 * 32767 * 127, then is
  * widened into int64; so a row's result depends on that row alone, however a prompt is chunked.
  * There is no torch twin: the engine names this format in its fingerprint (quantize.kernels). */
+#define PREFETCH_ROWS 8  /* weight rows ahead that decode rows prefetch (4-32 measured: 8 best) */
 #define LANE_STEPS 256   /* 16-wide steps per int32 lane before it is widened: 256 * 8.3e6 < 2^31 */
 
 __attribute__((target("avx2")))
@@ -334,6 +335,11 @@ int ks_int16_prompt_rows(const float *x, int64_t M, int64_t K, int16_t *xq, cons
             const int R = M - m < 4 ? (int)(M - m) : 4;
             for (int64_t n = n0; n < n1; n += pair) {
                 const int C = n1 - n < pair ? 1 : pair;
+                /* Decode rows stream the weights once: ask for the row PREFETCH_ROWS ahead now. On
+                 * Qwen 0.5B's layers this took a step's weights from 14.1 to 16.4 GB/s (2 threads,
+                 * the AVX2 EPYC; a plain sum reads 17); the hardware prefetcher alone lags. */
+                if (pair == 1 && n + PREFETCH_ROWS < N)
+                    for (int64_t k = 0; k < K; k += 64) _mm_prefetch((const char *)(w + (n + PREFETCH_ROWS) * K + k), _MM_HINT_T0);
                 rows16(xq, m, R, K, w, n, C, sums);
                 for (int i = 0; i < R; i++)
                     for (int j = 0; j < C; j++) {
