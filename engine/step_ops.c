@@ -154,12 +154,17 @@ static void attend_group(const float *q, int64_t G, const float *k, const float 
  * b * bstride + g * hstride + t * D + d. Row i sees keys [max(0, end - window), end) with
  * end = end0 + i (window <= 0: all). out: (B, M, H, D), the layout the output projection reads.
  * One task per (batch, K/V head, row): each reads its keys and values once for its query heads.
+ * With fewer such tasks than threads (a decode step of a model with one or two K/V heads: Gemma 3
+ * 270M has one), each group's query heads are split between threads; every head is computed by
+ * the same operations either way, so the split changes no bit.
  * Returns 0, or -1 without AVX2, with D not a multiple of 8, or without memory. */
 int ks_step_attention(const float *q, int64_t B, int64_t H, int64_t M, int64_t D,
                       const float *k, const float *v, int64_t n_kv, int64_t bstride, int64_t hstride,
                       int64_t end0, int64_t window, float scale, float *out, int threads) {
     if (!__builtin_cpu_supports("avx2") || D % 8 || H % n_kv || end0 < 1) return -1;
-    const int64_t G = H / n_kv, tasks = B * n_kv * M;
+    const int64_t G = H / n_kv, groups = B * n_kv * M;
+    const int64_t splits = groups < threads ? (G < threads ? G : threads) : 1;
+    const int64_t per_split = (G + splits - 1) / splits, tasks = groups * splits;
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
@@ -168,12 +173,15 @@ int ks_step_attention(const float *q, int64_t B, int64_t H, int64_t M, int64_t D
         #pragma omp for schedule(static)
         for (int64_t task = 0; task < tasks; task++) {   /* every thread meets the loop, even without memory */
             if (!s) { failed = 1; continue; }
-            const int64_t i = task % M, g = (task / M) % n_kv, b = task / (M * n_kv);
+            const int64_t part = task % splits, group = task / splits;
+            const int64_t i = group % M, g = (group / M) % n_kv, b = group / (M * n_kv);
+            const int64_t h0 = part * per_split, hn = G - h0 < per_split ? G - h0 : per_split;
+            if (hn <= 0) continue;
             const int64_t end = end0 + i, lo = window > 0 && end > window ? end - window : 0;
-            for (int64_t h = 0; h < G; h++)
-                for (int64_t d = 0; d < D; d++) qrow[h * D + d] = q[((b * H + g * G + h) * M + i) * D + d];
-            attend_group(qrow, G, k + b * bstride + g * hstride, v + b * bstride + g * hstride, lo, end, D, scale,
-                         s, out + ((b * M + i) * H + g * G) * D, D);
+            for (int64_t h = 0; h < hn; h++)
+                for (int64_t d = 0; d < D; d++) qrow[h * D + d] = q[((b * H + g * G + h0 + h) * M + i) * D + d];
+            attend_group(qrow, hn, k + b * bstride + g * hstride, v + b * bstride + g * hstride, lo, end, D, scale,
+                         s, out + ((b * M + i) * H + g * G + h0) * D, D);
         }
         free(s);
     }

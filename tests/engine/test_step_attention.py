@@ -37,6 +37,7 @@ def test_step_attention_matches_masked_sdpa(window, batch):
     (2, 4, 1, 256, 37, 3, 16),      # Gemma 3's head size, a sliding window that cuts
     (1, 8, 8, 128, 9, 2, 4),        # one query head per K/V head
     (1, 6, 2, 8, 1, 1, None),       # a single cached position
+    (1, 4, 1, 256, 600, 1, 512),    # Gemma 3 270M's decode step: one K/V head, its heads split between threads
 ])
 def test_the_c_step_attention_matches_torchs_and_rows_are_independent(shape):
     from keystroke.engine import native
@@ -56,6 +57,24 @@ def test_the_c_step_attention_matches_torchs_and_rows_are_independent(shape):
         alone = native.step_attention(q[:, :, i:i + 1], keys[:, :, :first + i], values[:, :, :first + i],
                                       d ** -0.5, window)
         assert torch.equal(alone[:, 0], got[:, i]), i
+
+
+@pytest.mark.parametrize("heads", [4, 3, 1])
+def test_splitting_a_groups_heads_between_threads_changes_no_bit(heads):
+    from keystroke.engine import native
+    assert native.step_ops() is not None, f"the C kernel is unavailable: {native._why_not}"
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(1, heads, 1, 64, generator=g)
+    keys, values = torch.randn(1, 1, 300, 64, generator=g), torch.randn(1, 1, 300, 64, generator=g)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3, 5):
+            torch.set_num_threads(threads)
+            outs.append(native.step_attention(q, keys, values, 0.125, None))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(o, outs[0]) for o in outs[1:])
 
 
 def test_the_c_step_attention_declines_what_it_cannot_compute():
