@@ -168,3 +168,20 @@ def test_the_default_models_cached_tokenizer_equals_a_fresh_build(tmp_path):
     assert warm.tokenizer.special_tokens() == fresh_tok.special_tokens()
     assert (warm.tokenizer.eos_ids, warm.tokenizer.bos_id, warm.tokenizer.add_bos) == \
         (fresh_tok.eos_ids, fresh_tok.bos_id, fresh_tok.add_bos)
+
+
+def test_the_first_load_freezes_the_imports_once_and_a_later_model_stays_collectable(tiny_llama_dir, tmp_path):
+    import gc
+    import weakref
+
+    from keystroke.engine import engine as engine_module
+    first = Engine.load(tiny_llama_dir, persist=False, cache_dir=tmp_path)
+    frozen = gc.get_freeze_count()
+    assert engine_module._frozen and frozen > 10_000   # torch's imports alone are ~170k objects
+    second = Engine.load(tiny_llama_dir, persist=False, cache_dir=tmp_path)
+    assert gc.get_freeze_count() == frozen               # not frozen again: `second` is not in it
+    model = weakref.ref(second.model)
+    del second
+    gc.collect()
+    assert model() is None, "a model loaded after the first is never freed"
+    assert first.model is not None
