@@ -139,6 +139,12 @@ def _timed(fn, budget: float | None = None) -> float:
     return best
 
 
+def _timed_once(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def _measure(small: bool) -> bool:
     """Whether the C kernel beats torch._int_mm on this CPU, for decode rows or for prompt rows."""
     forced = os.environ.get("KEYSTROKE_INT8_KERNEL", "").strip().lower()
@@ -256,9 +262,14 @@ def prompt16() -> bool:
             scale = torch.ones(2048)
             xq = torch.randint(-127, 128, (128, 1024), dtype=torch.int8, generator=g)
             prompt_rows16(x, w, scale, None)
-            ours = _timed(lambda: prompt_rows16(x, w, scale, None))
             int8_mm(xq, w)
-            choice = ours < _timed(lambda: int8_mm(xq, w), budget=ours)
+            ours = theirs = float("inf")
+            for _ in range(3):       # alternating, best of each: a busy neighbour slows both alike
+                ours = min(ours, _timed_once(lambda: prompt_rows16(x, w, scale, None)))
+                theirs = min(theirs, _timed_once(lambda: int8_mm(xq, w)))
+            # The 16-bit rows also make decode rows equal prefill rows (the cache keeps generated
+            # tokens' K/V): the int8 rows must be clearly faster to win, not by a noisy hair.
+            choice = theirs > 0.8 * ours
         with _lock:
             _choice.setdefault("prompt16", choice)
         log.info("int8 prompt rows: %s", "one 16-bit row (C)" if _choice["prompt16"] else "two int8 rows")
