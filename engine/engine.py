@@ -42,6 +42,9 @@ TRUNCATE_STEP = 512
 DRAFT_TOKENS = 4
 
 
+_frozen = False   # freeze_imports ran in this process
+
+
 def freeze_imports() -> None:
     """Move every object alive now (torch's and the other imports', ~170k) out of the collector's view.
 
@@ -57,9 +60,6 @@ def freeze_imports() -> None:
     if not _frozen:
         gc.freeze()
         _frozen = True
-
-
-_frozen = False
 
 
 def _progress(name: str, cached: bool):

@@ -131,9 +131,7 @@ def _timed(fn, budget: float | None = None) -> float:
     """Best of three calls, or the first call's time where it already exceeds `budget`."""
     best = float("inf")
     for _ in range(3):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
+        best = min(best, _timed_once(fn))
         if budget is not None and best > budget:
             break
     return best
