@@ -188,6 +188,9 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
                 continue
             if token in eos:
                 row.reason = "eos"
+                hit = row.checker.finish() if not row.pending else None   # the last line's suffix rules
+                if hit is not None:
+                    row.reason, row.cut = hit.reason, hit.cut
                 continue
             row.ids.append(token)
             text = row.stream.push(token)

@@ -14,17 +14,19 @@ from pathlib import PurePath
 
 from .lexer import Lexicon
 
-_C_LIKE = Lexicon(("//",), (("/*", "*/"),), ('"', "'"))
-_JS = Lexicon(("//",), (("/*", "*/"),), ('"', "'", "`"), ("`",))
+_JUMPS = ("return", "break", "continue", "throw", "goto")
+_C_LIKE = Lexicon(("//",), (("/*", "*/"),), ('"', "'"), jumps=_JUMPS)
+_JS = Lexicon(("//",), (("/*", "*/"),), ('"', "'", "`"), ("`",), jumps=_JUMPS)
 _HASH_LEX = Lexicon(("#",), (), ('"', "'"), block_opener="")
-PYTHON = Lexicon(("#",), (), ('"""', "'''", '"', "'"), ('"""', "'''"), block_opener=":")
+PYTHON = Lexicon(("#",), (), ('"""', "'''", '"', "'"), ('"""', "'''"), block_opener=":",
+                 jumps=("return", "raise", "break", "continue"))
 # Unknown languages: double-quoted strings and brackets only, since a lone
 # apostrophe in prose or a '#' that is not a comment would derail the count.
 GENERIC = Lexicon()
 # Code in a language nobody named (an engine caller that gives none): the common
 # conventions together, `#` a comment only at a line start or after whitespace.
 ANY_CODE = Lexicon(("//", "#"), (("/*", "*/"),), ('"""', "'''", "```", '"', "'", "`"),
-                   ('"""', "'''", "```"), skip=r"(?<=[^ \t\n])#")
+                   ('"""', "'''", "```"), skip=r"(?<=[^ \t\n])#", jumps=("return",))
 
 _SLASHES, _HASH, _DASHES = ("//", ""), ("#", ""), ("--", "")
 
@@ -51,7 +53,8 @@ _TABLE = [
     Language("typescript", _JS, grammar="typescript", extensions=(".ts", ".mts", ".cts")),
     Language("typescriptreact", _JS, grammar="tsx", extensions=(".tsx",)),
     Language("go", _JS, grammar="go", extensions=(".go",)),
-    Language("rust", Lexicon(("//",), (("/*", "*/"),), ('"',), ('"',), skip=r"'(?:\\.[^']{0,8}|[^'\\\n])'"),
+    Language("rust", Lexicon(("//",), (("/*", "*/"),), ('"',), ('"',), skip=r"'(?:\\.[^']{0,8}|[^'\\\n])'",
+                             jumps=("return", "break", "continue")),
              grammar="rust", extensions=(".rs",)),
     Language("java", _C_LIKE, grammar="java", extensions=(".java",)),
     Language("c", _C_LIKE, grammar="c", extensions=(".c", ".h")),

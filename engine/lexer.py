@@ -37,6 +37,7 @@ class Lexicon:
     multiline: tuple[str, ...] = ()         # delimiters whose strings span lines
     skip: str = ""                          # extra regex of tokens to ignore (at most HOLD long)
     block_opener: str = "{"                 # '' when blocks are keywords (Lua, Ruby)
+    jumps: tuple[str, ...] = ()             # statements after which the rest of their block is dead code
 
 
 _TOKEN_RES: dict[Lexicon, re.Pattern[str]] = {}

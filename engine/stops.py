@@ -45,6 +45,14 @@ Decisions, so the server can rely on them:
   lines in a row of the suffix's next three code lines (one such line
   alone may be a legitimate repeat, like a second `parts.append(c)`).
   The text is cut at the end of the last non-blank line before them.
+  Likewise, where the rest of the cursor's line is blank, before a line the
+  completion wrote whole that jumps out of its block (the language's `jumps`:
+  Python's `return`, `raise`, `break`, `continue`) while the suffix's next
+  code line sits at the same or a deeper indentation: that line would be
+  dead code. At a blank line inside a body a FIM model often writes the
+  function's final `return`, which is already below: 22 of 93 HumanEval
+  single-line suggestions looked at were that, all wrong, and 1 of its
+  1,033 target lines fits the rule (a `return` before a dead `break`).
 - **Repetition** (when the policy asks for it): a non-empty line repeated
   three times in a row keeps only the first copy; a tail that repeats a
   unit of 2 to 64 characters holding a letter or digit, at least 4 times
@@ -56,7 +64,7 @@ from dataclasses import dataclass
 
 from .api import StopPolicy, StopReason
 from .languages import code_lexicon
-from .lexer import Scanner, ScanState, indent_width
+from .lexer import Lexicon, Scanner, ScanState, indent_width
 
 __all__ = ["Stop", "StopChecker", "indent_width"]
 
@@ -79,6 +87,7 @@ class StopChecker:
         self.line_before_cursor = line_before_cursor
         self._suffix_lines = next_code_lines(suffix)
         self._lexicon = code_lexicon(policy.language_id)
+        self._below = _next_code_indent(suffix, self._lexicon)
         self._reset()
 
     def _reset(self) -> None:
@@ -147,7 +156,7 @@ class StopChecker:
         mode = self.policy.mode
         if ch == "\n":
             line = self._line
-            hit = self._retypes_suffix(line.strip())
+            hit = self._retypes_suffix(line.strip()) or self._jumps_over_suffix(line)
             if hit is not None:
                 return hit
             if mode == "line":
@@ -196,6 +205,21 @@ class StopChecker:
             self._suffix_match = (wanted.index(line), cut)
         return None
 
+    def _jumps_over_suffix(self, line: str) -> Stop | None:
+        if self._below is None or not self._lexicon.jumps or (self._line_start <= 0 and self.line_before_cursor.strip()):
+            return None      # no code below, no jump statements, or the user began this line
+        words = line.split(None, 1)
+        if not words or words[0].rstrip(";") not in self._lexicon.jumps or indent_width(line) > self._below:
+            return None
+        return Stop("suffix", self._last_content_end if self._line_start > 0 else 0)
+
+    def finish(self) -> Stop | None:
+        """At the end of the completion (the model's end token): the suffix rules for its last line,
+        which no line break finished."""
+        if not self._line.strip():
+            return None
+        return self._retypes_suffix(self._line.strip()) or self._jumps_over_suffix(self._line)
+
     def _block_at_line_end(self, line: str, offset: int, st: ScanState) -> Stop | None:
         """A line of only closing brackets that balances the completion's block ends it at once."""
         body = line.strip()
@@ -229,6 +253,19 @@ class StopChecker:
 
 
 SUFFIX_LINES = 3
+
+
+def _next_code_indent(suffix: str, lexicon: Lexicon) -> int | None:
+    """The indentation of the suffix's next code line (a letter or digit, not a line comment) after
+    the cursor's line, if the rest of the cursor's line is blank; else None."""
+    lines = suffix.split("\n")
+    if lines[0].strip():
+        return None
+    for line in lines[1:]:
+        body = line.strip()
+        if any(c.isalnum() for c in body) and not body.startswith(tuple(lexicon.line_comments) or ("\0",)):
+            return indent_width(line)
+    return None
 
 
 def next_code_lines(suffix: str) -> tuple[str, ...]:

@@ -52,6 +52,9 @@ class StreamRow:
                     return
         if finish:
             self.reason = finish_reason(finish, sent_stops)
+            hit = self.checker.finish() if self.reason == "eos" else None   # the last line's suffix rules
+            if hit is not None:
+                self.reason, self.cut = hit.reason, hit.cut
         elif self.chunks >= max_tokens:
             self.reason = "max_tokens"
 

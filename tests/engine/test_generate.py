@@ -357,3 +357,14 @@ def test_a_token_to_avoid_is_never_the_first_content_but_may_come_later():
     avoided = generate(model, FakeCache(), model.first(), TOK, sampling=SamplingParams(),
                        stop=StopPolicy(max_tokens=8), avoid_first=r)
     assert plain[0].text == " rr" and avoided[0].text == " xr"
+
+
+def test_a_last_line_that_jumps_over_the_suffix_is_cut_at_the_end_token():
+    """`return x` then the end token, with code of the same block below: nothing (stops.py's jump rule)."""
+    steps = [[t] for t in ids("    return x")] + [[EOS]]
+    for suffix, expected in (("\n    y = 1\n", ""), ("\nz = 2\n", "    return x")):
+        model = Ranked(steps)
+        out = generate(model, FakeCache(), model.first(), TOK, sampling=SamplingParams(),
+                       stop=StopPolicy(max_tokens=32, mode="line", language_id="python"), suffix=suffix)
+        assert out[0].text == expected
+        assert out[0].stop_reason == ("suffix" if not expected else "eos")

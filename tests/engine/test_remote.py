@@ -311,6 +311,16 @@ def test_line_mode_stop_rule_closes_the_stream(serve):
     assert server.disconnected_at, "the server never saw the client leave"
 
 
+def test_a_last_line_that_jumps_over_the_suffix_is_cut_at_the_servers_end(serve):
+    """The server ends the stream after `return x` with code of the same block below: the same rule
+    as the local engine's end token (stops.StopChecker.finish)."""
+    for suffix, expected, reason in (("\n    y = 1\n", "", "suffix"), ("\nz = 2\n", "    return x", "eos")):
+        server = serve(stream_texts(["    return", " x"], finish="stop"))
+        r = backend_for(server.url).complete(req("def f(x):\n", suffix=suffix,
+                                                 stop=StopPolicy(mode="line", language_id="python")))
+        assert (r.candidates[0].text, r.candidates[0].stop_reason) == (expected, reason)
+
+
 def test_max_tokens_counted_on_pieces(serve):
     server = serve(stream_texts(["a"] * 50, delay=0.002))
     r = backend_for(server.url).complete(req(max_tokens=5))

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from keystroke.engine.api import StopPolicy
-from keystroke.engine.stops import StopChecker, indent_width
+from keystroke.engine.stops import Stop, StopChecker, indent_width
 
 
 def run(text, chunk=1, line="", suffix="", **policy):
@@ -193,3 +193,50 @@ def test_a_line_unlike_the_suffix_goes_on():
 
 def test_the_first_line_retyping_the_suffix_leaves_nothing():
     assert run("return x\nmore", line="    ", suffix="\n    return x\n", mode="free") == ("suffix", "")
+
+
+BODY_SUFFIX = "\n    result = []\n    for x in xs:\n        result.append(x)\n    return result\n"
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 1000])
+def test_a_jump_over_the_code_below_is_cut(chunk):
+    """A line that returns while the suffix's next code line is in the same block would make it dead code."""
+    got = run("    return result\n", chunk=chunk, line="", suffix=BODY_SUFFIX, mode="line", language_id="python")
+    assert got == ("suffix", "")
+    got = run("    if not xs:\n        return []\n    return result\n", chunk=chunk, line="",
+              suffix=BODY_SUFFIX, mode="block", language_id="python")
+    assert got == ("suffix", "    if not xs:\n        return []")   # the nested return jumps over nothing
+
+
+def test_a_jump_out_of_a_deeper_block_goes_on():
+    suffix = "\n    return total\n"
+    assert run("        break\n", line="", suffix=suffix, mode="line", language_id="python") == ("line", "        break")
+    assert run("        raise ValueError(x)\n", line="", suffix="\n# done\n", mode="line", language_id="python") \
+        == ("line", "        raise ValueError(x)")   # only comments below: no code to make dead
+
+
+def test_a_jump_the_user_began_is_theirs():
+    assert run("urn result\n", line="    ret", suffix=BODY_SUFFIX, mode="line", language_id="python") \
+        == ("line", "urn result")
+    # ... and a cursor with code after it on its line: the completion joins that code, the rule stays out
+    assert run("return \n", line="    ", suffix="result\n    x = 1\n", mode="line", language_id="python") \
+        == ("line", "return ")
+
+
+def test_jumps_are_per_language():
+    assert run("    return x;\n", line="", suffix="\n    y = 1;\n}\n", mode="line", language_id="c") == ("suffix", "")
+    assert run("    throw err;\n", line="", suffix="\n    y = 1;\n}\n", mode="line", language_id="typescript") \
+        == ("suffix", "")
+    assert run("    return x;\n", line="", suffix="\n}\n", mode="line", language_id="c") == ("line", "    return x;")
+    assert run("    raise x\n", line="", suffix="\n    y = 1\n", mode="line", language_id="c") == ("line", "    raise x")
+
+
+def test_the_last_line_is_judged_at_the_end_token():
+    checker = StopChecker(StopPolicy(mode="line", language_id="python"), "", BODY_SUFFIX)
+    assert checker.check("    return result") is None
+    assert checker.finish() == Stop("suffix", 0)
+    checker = StopChecker(StopPolicy(mode="line", language_id="python"), "", BODY_SUFFIX)
+    assert checker.check("    result = [0]") is None and checker.finish() is None
+    checker = StopChecker(StopPolicy(mode="line"), "    ", BODY_SUFFIX)
+    assert checker.check("result = []") is None
+    assert checker.finish() == Stop("suffix", 0)   # the suffix's next line, re-typed without its line break
