@@ -60,6 +60,7 @@ Decisions, so the server can rely on them:
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .api import StopPolicy, StopReason
@@ -69,6 +70,7 @@ from .lexer import Lexicon, Scanner, ScanState, indent_width
 __all__ = ["Stop", "StopChecker", "indent_width"]
 
 _CLOSING_LINE = frozenset(")]};,")
+_FIRST_WORD = re.compile(r"\s*(\w+)")
 LINE_REPEATS = 3
 LOOP_MIN_REPEATS = 4
 LOOP_MIN_CHARS = 24
@@ -206,10 +208,10 @@ class StopChecker:
         return None
 
     def _jumps_over_suffix(self, line: str) -> Stop | None:
-        if self._below is None or not self._lexicon.jumps or (self._line_start <= 0 and self.line_before_cursor.strip()):
-            return None      # no code below, no jump statements, or the user began this line
-        words = line.split(None, 1)
-        if not words or words[0].rstrip(";") not in self._lexicon.jumps or indent_width(line) > self._below:
+        if self._below is None or (self._line_start <= 0 and self.line_before_cursor.strip()):
+            return None      # no code below, or the user began this line
+        word = _FIRST_WORD.match(line)
+        if word is None or word.group(1) not in self._lexicon.jumps or indent_width(line) > self._below:
             return None
         return Stop("suffix", self._last_content_end if self._line_start > 0 else 0)
 

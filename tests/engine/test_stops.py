@@ -229,6 +229,9 @@ def test_jumps_are_per_language():
         == ("suffix", "")
     assert run("    return x;\n", line="", suffix="\n}\n", mode="line", language_id="c") == ("line", "    return x;")
     assert run("    raise x\n", line="", suffix="\n    y = 1\n", mode="line", language_id="c") == ("line", "    raise x")
+    assert run("    return(x)\n", line="", suffix="\n    y = 1\n", mode="line", language_id="python") == ("suffix", "")
+    assert run("    returned = 1\n", line="", suffix="\n    y = 1\n", mode="line", language_id="python") \
+        == ("line", "    returned = 1")
 
 
 def test_the_last_line_is_judged_at_the_end_token():
