@@ -53,6 +53,10 @@ Decisions, so the server can rely on them:
   function's final `return`, which is already below: 22 of 93 HumanEval
   single-line suggestions looked at were that, all wrong, and 1 of its
   1,033 target lines fits the rule (a `return` before a dead `break`).
+  And where indentation is syntax (Python), before a last line (the one the
+  suffix follows) that sits left of the suffix's next code line and opens
+  nothing for it: 6 more of 100 suggestions (`# Test cases` at column 0
+  above a body's code), none of the 1,033 targets.
 - **Repetition** (when the policy asks for it): a non-empty line repeated
   three times in a row keeps only the first copy; a tail that repeats a
   unit of 2 to 64 characters holding a letter or digit, at least 4 times
@@ -65,7 +69,7 @@ from dataclasses import dataclass
 
 from .api import StopPolicy, StopReason
 from .languages import code_lexicon
-from .lexer import Lexicon, Scanner, ScanState, indent_width
+from .lexer import Lexicon, Scanner, ScanState, indent_width, scan
 
 __all__ = ["Stop", "StopChecker", "indent_width"]
 
@@ -162,7 +166,7 @@ class StopChecker:
             if hit is not None:
                 return hit
             if mode == "line":
-                return Stop("line", offset)
+                return self._outdented(line) or Stop("line", offset)
             if line.strip():
                 self._last_content_end = offset
             hit = None
@@ -220,7 +224,21 @@ class StopChecker:
         which no line break finished."""
         if not self._line.strip():
             return None
-        return self._retypes_suffix(self._line.strip()) or self._jumps_over_suffix(self._line)
+        return (self._retypes_suffix(self._line.strip()) or self._jumps_over_suffix(self._line)
+                or self._outdented(self._line))
+
+    def _outdented(self, line: str) -> Stop | None:
+        """Where indentation is syntax (Python): the completion's last line, which the suffix's next
+        code line follows, sits left of that line and opens nothing for it (no `:`, no open bracket
+        or string, no `\\`). The code below would then be an indentation error, or sit under a
+        misplaced comment."""
+        if self._below is None or self._lexicon.block_opener != ":" or indent_width(line) >= self._below \
+                or (self._line_start <= 0 and self.line_before_cursor.strip()):
+            return None
+        st = scan(line, self._lexicon)
+        if st.brackets or (st.in_string and not st.in_comment) or st.last_code in (":", "\\"):
+            return None
+        return Stop("suffix", self._last_content_end if self._line_start > 0 else 0)
 
     def _block_at_line_end(self, line: str, offset: int, st: ScanState) -> Stop | None:
         """A line of only closing brackets that balances the completion's block ends it at once."""

@@ -243,3 +243,27 @@ def test_the_last_line_is_judged_at_the_end_token():
     checker = StopChecker(StopPolicy(mode="line"), "    ", BODY_SUFFIX)
     assert checker.check("result = []") is None
     assert checker.finish() == Stop("suffix", 0)   # the suffix's next line, re-typed without its line break
+
+
+@pytest.mark.parametrize("text", ["# Test the function\n", "print(result)\n", "x = 1  # note\n"])
+def test_a_last_line_left_of_the_code_below_is_cut_in_python(text):
+    """The suffix's next code line would be an indentation error after it (or sit under a stray comment)."""
+    suffix = "\n        result.append(x)\n    return result\n"
+    assert run(text, line="", suffix=suffix, mode="line", language_id="python") == ("suffix", "")
+    assert run("    " + text, line="", suffix=suffix, mode="line", language_id="python") == ("suffix", "")
+    assert run("        " + text, line="", suffix=suffix, mode="line", language_id="python")[0] == "line"
+    assert run(text, line="", suffix=suffix, mode="line", language_id="c")[0] == "line"   # braces decide there
+
+
+@pytest.mark.parametrize("text", ["    for x in xs:\n", "    total = f(\n", "    s = '''\n", "    x = 1 + \\\n"])
+def test_a_last_line_that_opens_something_for_the_code_below_goes_on(text):
+    suffix = "\n        result.append(x)\n    return result\n"
+    assert run(text, line="", suffix=suffix, mode="line", language_id="python")[0] == "line"
+
+
+def test_outdented_lines_inside_a_block_completion_are_judged_only_at_its_end():
+    suffix = "\n        result.append(x)\n"
+    text = "    if x:\n        y = 1\n    z = 2"     # its middle line is deeper, its last line left of the suffix
+    checker = StopChecker(StopPolicy(mode="block", language_id="python"), "", suffix)
+    assert checker.check(text) is None
+    assert checker.finish() == Stop("suffix", len("    if x:\n        y = 1"))
