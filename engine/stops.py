@@ -45,18 +45,22 @@ Decisions, so the server can rely on them:
   lines in a row of the suffix's next three code lines (one such line
   alone may be a legitimate repeat, like a second `parts.append(c)`).
   The text is cut at the end of the last non-blank line before them.
-  Likewise, where the rest of the cursor's line is blank, before a line the
-  completion wrote whole that jumps out of its block (the language's `jumps`:
-  Python's `return`, `raise`, `break`, `continue`) while the suffix's next
-  code line sits at the same or a deeper indentation: that line would be
-  dead code. At a blank line inside a body a FIM model often writes the
-  function's final `return`, which is already below: 22 of 93 HumanEval
-  single-line suggestions looked at were that, all wrong, and 1 of its
-  1,033 target lines fits the rule (a `return` before a dead `break`).
-  And where indentation is syntax (Python), before a last line (the one the
-  suffix follows) that sits left of the suffix's next code line and opens
-  nothing for it: 6 more of 100 suggestions (`# Test cases` at column 0
-  above a body's code), none of the 1,033 targets.
+  Then, where the rest of the cursor's line is blank and the suffix has a
+  code line below it, the kept text's last line (the one that code would
+  follow; not a line the user began) is judged: it is cut too, and the stop
+  says `suffix`, when that code cannot follow it (`_dead_end`). Either it
+  jumps out of its block (the language's `jumps`: Python's `return`,
+  `raise`, `break`, `continue`) while that code is in the block, which
+  makes it dead code; at a blank line inside a body a FIM model often
+  writes the function's final `return`, which is already below: 22 of 93
+  HumanEval single-line suggestions looked at were that, all wrong, and 1
+  of its 1,033 target lines fits the rule (a `return` before a dead
+  `break`). Or, where indentation is syntax (Python), it sits left of that
+  code and opens nothing for it (`# Test cases` at column 0 above a
+  body's code): 6 more of 100 suggestions, none of the 1,033 targets; or
+  it opens a block (`while i < l:`) that code is not indented into: 7 more
+  of 100, none of the targets.
+  The engine asks once more when this leaves nothing.
 - **Repetition** (when the policy asks for it): a non-empty line repeated
   three times in a row keeps only the first copy; a tail that repeats a
   unit of 2 to 64 characters holding a letter or digit, at least 4 times
@@ -144,7 +148,7 @@ class StopChecker:
             hit = self._char_loop(text)
             if hit is not None:
                 found.append(hit)
-        return min(found, key=lambda s: s.cut) if found else None
+        return self._settle(min(found, key=lambda s: s.cut)) if found else None
 
     # -- rules --------------------------------------------------------------
 
@@ -162,11 +166,11 @@ class StopChecker:
         mode = self.policy.mode
         if ch == "\n":
             line = self._line
-            hit = self._retypes_suffix(line.strip()) or self._jumps_over_suffix(line)
+            hit = self._retypes_suffix(line.strip())
             if hit is not None:
                 return hit
             if mode == "line":
-                return self._outdented(line) or Stop("line", offset)
+                return Stop("line", offset)
             if line.strip():
                 self._last_content_end = offset
             hit = None
@@ -211,34 +215,44 @@ class StopChecker:
             self._suffix_match = (wanted.index(line), cut)
         return None
 
-    def _jumps_over_suffix(self, line: str) -> Stop | None:
-        if self._below is None or (self._line_start <= 0 and self.line_before_cursor.strip()):
-            return None      # no code below, or the user began this line
-        word = _FIRST_WORD.match(line)
-        if word is None or word.group(1) not in self._lexicon.jumps or indent_width(line) > self._below:
-            return None
-        return Stop("suffix", self._last_content_end if self._line_start > 0 else 0)
-
     def finish(self) -> Stop | None:
         """At the end of the completion (the model's end token): the suffix rules for its last line,
-        which no line break finished."""
-        if not self._line.strip():
-            return None
-        return (self._retypes_suffix(self._line.strip()) or self._jumps_over_suffix(self._line)
-                or self._outdented(self._line))
+        which no line break finished; None when they keep it all."""
+        hit = self._retypes_suffix(self._line.strip())
+        settled = self._settle(hit or Stop("eos", len(self._text)))
+        return settled if settled.reason != "eos" else None
 
-    def _outdented(self, line: str) -> Stop | None:
-        """Where indentation is syntax (Python): the completion's last line, which the suffix's next
-        code line follows, sits left of that line and opens nothing for it (no `:`, no open bracket
-        or string, no `\\`). The code below would then be an indentation error, or sit under a
-        misplaced comment."""
-        if self._below is None or self._lexicon.block_opener != ":" or indent_width(line) >= self._below \
-                or (self._line_start <= 0 and self.line_before_cursor.strip()):
-            return None
+    def _settle(self, stop: Stop) -> Stop:
+        """`stop`, or a cut before the kept text's last lines while the suffix cannot follow the last
+        (`_dead_end`); only where code follows on the next line, and never into a line the user began."""
+        if self._below is None:
+            return stop
+        lines = (self.line_before_cursor + self._text[:stop.cut]).rstrip().split("\n")
+        cut = stop
+        while lines[-1].strip() and not (len(lines) == 1 and self.line_before_cursor.strip()) \
+                and self._dead_end(lines[-1]):   # (not a line the user began)
+            lines = "\n".join(lines[:-1]).rstrip().split("\n")
+            cut = Stop("suffix", max(0, len("\n".join(lines)) - len(self.line_before_cursor)))
+        return cut
+
+    def _dead_end(self, line: str) -> bool:
+        """Whether the suffix's next code line (at indentation `_below`) cannot follow `line`: it jumps
+        out of its block (`Lexicon.jumps`) with that code in the block; or, where indentation is syntax
+        (Python), and the line does not go on below (an open bracket or string, a `\\`), it opens a
+        block (`:`) that the code below is not indented into, or it opens nothing and sits left of that
+        code. The code below would be dead, an indentation error, or sit under a stray comment."""
+        word = _FIRST_WORD.match(line)
+        level = indent_width(line)
+        if word is not None and word.group(1) in self._lexicon.jumps and level <= self._below:
+            return True
+        if self._lexicon.block_opener != ":":
+            return False
         st = scan(line, self._lexicon)
-        if st.brackets or (st.in_string and not st.in_comment) or st.last_code in (":", "\\"):
-            return None
-        return Stop("suffix", self._last_content_end if self._line_start > 0 else 0)
+        if st.brackets or (st.in_string and not st.in_comment) or st.last_code == "\\":
+            return False     # the line goes on below
+        if st.last_code == ":":
+            return level >= self._below    # a block whose body would be missing
+        return level < self._below
 
     def _block_at_line_end(self, line: str, offset: int, st: ScanState) -> Stop | None:
         """A line of only closing brackets that balances the completion's block ends it at once."""

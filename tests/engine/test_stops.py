@@ -203,9 +203,12 @@ def test_a_jump_over_the_code_below_is_cut(chunk):
     """A line that returns while the suffix's next code line is in the same block would make it dead code."""
     got = run("    return result\n", chunk=chunk, line="", suffix=BODY_SUFFIX, mode="line", language_id="python")
     assert got == ("suffix", "")
-    got = run("    if not xs:\n        return []\n    return result\n", chunk=chunk, line="",
+    got = run("    if not xs:\n        return []\n    return result\n\ndef g():\n", chunk=chunk, line="",
               suffix=BODY_SUFFIX, mode="block", language_id="python")
     assert got == ("suffix", "    if not xs:\n        return []")   # the nested return jumps over nothing
+    got = run("    return result\n    x = 1\n\ndef g():\n", chunk=chunk, line="",
+              suffix=BODY_SUFFIX, mode="block", language_id="python")
+    assert got == ("block", "    return result\n    x = 1")   # only the last line leads into the suffix
 
 
 def test_a_jump_out_of_a_deeper_block_goes_on():
@@ -261,9 +264,25 @@ def test_a_last_line_that_opens_something_for_the_code_below_goes_on(text):
     assert run(text, line="", suffix=suffix, mode="line", language_id="python")[0] == "line"
 
 
+@pytest.mark.parametrize("text", ["    for x in xs:\n", "    while i < l:  # scan\n", "        else:\n"])
+def test_a_last_line_that_opens_a_block_the_code_below_is_not_in_is_cut_in_python(text):
+    suffix = "\n    return result\n"     # `expected an indented block`
+    assert run(text, line="", suffix=suffix, mode="line", language_id="python") == ("suffix", "")
+    assert run(text, line="", suffix=suffix, mode="line", language_id="go")[0] == "line"
+    assert run("    d = {1: 2}\n", line="", suffix=suffix, mode="line", language_id="python")[0] == "line"
+
+
 def test_outdented_lines_inside_a_block_completion_are_judged_only_at_its_end():
     suffix = "\n        result.append(x)\n"
     text = "    if x:\n        y = 1\n    z = 2"     # its middle line is deeper, its last line left of the suffix
     checker = StopChecker(StopPolicy(mode="block", language_id="python"), "", suffix)
     assert checker.check(text) is None
     assert checker.finish() == Stop("suffix", len("    if x:\n        y = 1"))
+    # a block rule's cut or a re-typed suffix line leave a last line that is judged the same way
+    assert run("# Test cases\nprint(f(1))\n", line="", suffix=suffix, mode="block", language_id="python") \
+        == ("suffix", "")
+    assert run("    print(y)\n        result.append(x)\n", line="", suffix=suffix, mode="free",
+               language_id="python") == ("suffix", "")
+    # ... and again, as long as the last line left cannot lead into the suffix either
+    assert run("    y = 1\n        z = 2\n    print(y)\n    return y\n\n#", line="", suffix=suffix, mode="block",
+               language_id="python") == ("suffix", "    y = 1\n        z = 2")
