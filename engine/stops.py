@@ -70,6 +70,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import islice
+from typing import Iterator
 
 from .api import StopPolicy, StopReason
 from .languages import code_lexicon
@@ -289,25 +291,21 @@ class StopChecker:
 SUFFIX_LINES = 3
 
 
+def _lines_below(suffix: str) -> Iterator[str]:
+    """The lines after the cursor's line in `suffix` that hold a letter or digit."""
+    return (line for line in suffix.split("\n")[1:] if any(c.isalnum() for c in line))
+
+
 def _next_code_indent(suffix: str, lexicon: Lexicon) -> int | None:
-    """The indentation of the suffix's next code line (a letter or digit, not a line comment) after
-    the cursor's line, if the rest of the cursor's line is blank; else None."""
-    lines = suffix.split("\n")
-    if lines[0].strip():
+    """The indentation of the suffix's next code line (`_lines_below`, not a line comment), if the
+    rest of the cursor's line is blank; else None."""
+    if suffix.split("\n", 1)[0].strip():
         return None
-    for line in lines[1:]:
-        body = line.strip()
-        if any(c.isalnum() for c in body) and not body.startswith(tuple(lexicon.line_comments) or ("\0",)):
-            return indent_width(line)
-    return None
+    comments = tuple(lexicon.line_comments)
+    return next((indent_width(line) for line in _lines_below(suffix)
+                 if not (comments and line.strip().startswith(comments))), None)
 
 
 def next_code_lines(suffix: str) -> tuple[str, ...]:
-    """The first SUFFIX_LINES lines after the cursor's line in `suffix` that hold a letter or digit, stripped."""
-    found: list[str] = []
-    for line in suffix.split("\n")[1:]:
-        if any(c.isalnum() for c in line):
-            found.append(line.strip())
-            if len(found) == SUFFIX_LINES:
-                break
-    return tuple(found)
+    """The first SUFFIX_LINES lines of `_lines_below(suffix)`, stripped."""
+    return tuple(line.strip() for line in islice(_lines_below(suffix), SUFFIX_LINES))
