@@ -291,10 +291,106 @@ static inline void tile16(const int16_t *x, int64_t K, const int8_t *w, int R, i
         }
 }
 
+/* The same tile16 with AVX-512 (BW for the widening, VNNI for vpdpwssd: one instruction multiplies
+ * 32 int16 pairs and adds them into 16 int32 lanes), over all of K, the last partial step masked
+ * (zeros add nothing). The integer sums are the AVX2 tile's exactly: the choice changes no bit.
+ * Measured on a 2-core AMD EPYC with AVX-512 VNNI, 17-512 rows: 1.3-1.6x the AVX2 tile (about 230
+ * against 145 GMAC/s). Decode rows have their own loop (row16_512). */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), always_inline))
+static inline void tile16_512(const int16_t *x, int64_t K, const int8_t *w, int R, int C, int64_t sums[4][2]) {
+    __m512i wide[4][2], acc[4][2];
+    for (int i = 0; i < R; i++) for (int j = 0; j < C; j++) wide[i][j] = _mm512_setzero_si512();
+    for (int64_t k0 = 0; k0 < K; k0 += 16 * LANE_STEPS) {
+        const int64_t k1 = k0 + 16 * LANE_STEPS < K ? k0 + 16 * LANE_STEPS : K;
+        for (int i = 0; i < R; i++) for (int j = 0; j < C; j++) acc[i][j] = _mm512_setzero_si512();
+        for (int64_t k = k0; k < k1; k += 32) {     /* a lane takes 2 products a step: 256 * 8.3e6 < 2^31 */
+            const __mmask32 live = k + 32 <= k1 ? (__mmask32)~0u : (__mmask32)((1u << (k1 - k)) - 1);
+            __m512i wv[2];
+            for (int j = 0; j < C; j++) wv[j] = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(live, w + j * K + k));
+            for (int i = 0; i < R; i++) {
+                const __m512i xv = _mm512_maskz_loadu_epi16(live, x + i * K + k);
+                for (int j = 0; j < C; j++) acc[i][j] = _mm512_dpwssd_epi32(acc[i][j], xv, wv[j]);
+            }
+        }
+        for (int i = 0; i < R; i++)
+            for (int j = 0; j < C; j++) {
+                wide[i][j] = _mm512_add_epi64(wide[i][j], _mm512_cvtepi32_epi64(_mm512_castsi512_si256(acc[i][j])));
+                wide[i][j] = _mm512_add_epi64(wide[i][j], _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(acc[i][j], 1)));
+            }
+    }
+    for (int i = 0; i < R; i++) for (int j = 0; j < C; j++) sums[i][j] = _mm512_reduce_add_epi64(wide[i][j]);
+}
+
+/* Decode rows (R <= 4) against one weight row with AVX-512: four accumulators a row, since each
+ * vpdpwssd waits for the one before on its accumulator. With one accumulator a single row was 10-20%
+ * slower than AVX2; with four, one row streamed a step's weights (80 layers of 4 MB, from DRAM) at
+ * 32-38 GB/s against AVX2's 30-31 on the same EPYC. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), always_inline))
+static inline void row16_512(const int16_t *x, int64_t K, const int8_t *w, int R, int64_t sums[4][2]) {
+    __m512i wide[4], acc[4][4];
+    for (int i = 0; i < R; i++) wide[i] = _mm512_setzero_si512();
+    for (int64_t k0 = 0; k0 < K; k0 += 16 * LANE_STEPS) {
+        const int64_t k1 = k0 + 16 * LANE_STEPS < K ? k0 + 16 * LANE_STEPS : K;
+        for (int i = 0; i < R; i++) for (int u = 0; u < 4; u++) acc[i][u] = _mm512_setzero_si512();
+        int64_t k = k0;
+        for (; k + 128 <= k1; k += 128) {
+            __m512i wv[4];
+            for (int u = 0; u < 4; u++) wv[u] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + k + 32 * u)));
+            for (int i = 0; i < R; i++)
+                for (int u = 0; u < 4; u++)
+                    acc[i][u] = _mm512_dpwssd_epi32(acc[i][u], _mm512_loadu_si512(x + i * K + k + 32 * u), wv[u]);
+        }
+        for (; k < k1; k += 32) {
+            const __mmask32 live = k + 32 <= k1 ? (__mmask32)~0u : (__mmask32)((1u << (k1 - k)) - 1);
+            const __m512i wv = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(live, w + k));
+            for (int i = 0; i < R; i++)
+                acc[i][0] = _mm512_dpwssd_epi32(acc[i][0], _mm512_maskz_loadu_epi16(live, x + i * K + k), wv);
+        }
+        for (int i = 0; i < R; i++)
+            for (int u = 0; u < 4; u++) {
+                wide[i] = _mm512_add_epi64(wide[i], _mm512_cvtepi32_epi64(_mm512_castsi512_si256(acc[i][u])));
+                wide[i] = _mm512_add_epi64(wide[i], _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(acc[i][u], 1)));
+            }
+    }
+    for (int i = 0; i < R; i++) sums[i][0] = _mm512_reduce_add_epi64(wide[i]);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+static void rows16_512(const int16_t *xr, int R, int64_t K, const int8_t *wr, int C, int64_t sums[4][2]) {
+    if (C == 2) {
+        switch (R) {
+        case 4: tile16_512(xr, K, wr, 4, 2, sums); break;
+        case 3: tile16_512(xr, K, wr, 3, 2, sums); break;
+        case 2: tile16_512(xr, K, wr, 2, 2, sums); break;
+        default: tile16_512(xr, K, wr, 1, 2, sums); break;
+        }
+    } else {
+        switch (R) {
+        case 4: row16_512(xr, K, wr, 4, sums); break;
+        case 3: row16_512(xr, K, wr, 3, sums); break;
+        case 2: row16_512(xr, K, wr, 2, sums); break;
+        default: row16_512(xr, K, wr, 1, sums); break;
+        }
+    }
+}
+
+/* Whether the 16-bit prompt rows use AVX-512 VNNI: where the CPU has it, unless ks_use_avx512(0) said
+ * not (the tests compare both paths on one machine). */
+static int use512 = -1;
+
+int ks_use_avx512(int on) {
+    const int has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+                    && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    use512 = on && has;
+    return use512;
+}
+
 __attribute__((target("avx2")))
-static void rows16(const int16_t *x, int64_t m, int R, int64_t K, const int8_t *w, int64_t n, int C, int64_t sums[4][2]) {
+static void rows16(const int16_t *x, int64_t m, int R, int64_t K, const int8_t *w, int64_t n, int C, int wide,
+                   int64_t sums[4][2]) {
     const int16_t *xr = x + m * K;
     const int8_t *wr = w + n * K;
+    if (wide) { rows16_512(xr, R, K, wr, C, sums); return; }
     if (C == 2) {
         switch (R) {
         case 4: tile16(xr, K, wr, 4, 2, sums); break;
@@ -318,6 +414,7 @@ static void rows16(const int16_t *x, int64_t m, int R, int64_t K, const int8_t *
 int ks_int16_prompt_rows(const float *x, int64_t M, int64_t K, int16_t *xq, const int8_t *w,
                          const float *scale, const float *bias, int64_t N, float *y, int threads) {
     if (!__builtin_cpu_supports("avx2")) return -1;
+    if (use512 < 0) ks_use_avx512(1);
     float *step = malloc((size_t)M * sizeof(float));
     if (!step) return -2;
     #pragma omp parallel for schedule(static) num_threads(threads)
@@ -331,6 +428,7 @@ int ks_int16_prompt_rows(const float *x, int64_t M, int64_t K, int16_t *xq, cons
          * single stream through memory, measured 2x the pairs' speed from DRAM on 896-wide
          * layers; more rows (prompts, compute-bound): pairs of weight rows. */
         const int pair = M > ROWS ? 2 : 1;
+        const int wide = use512;
         for (int64_t m = 0; m < M; m += 4) {
             const int R = M - m < 4 ? (int)(M - m) : 4;
             for (int64_t n = n0; n < n1; n += pair) {
@@ -340,7 +438,7 @@ int ks_int16_prompt_rows(const float *x, int64_t M, int64_t K, int16_t *xq, cons
                  * the AVX2 EPYC; a plain sum reads 17); the hardware prefetcher alone lags. */
                 if (pair == 1 && n + PREFETCH_ROWS < N)
                     for (int64_t k = 0; k < K; k += 64) _mm_prefetch((const char *)(w + (n + PREFETCH_ROWS) * K + k), _MM_HINT_T0);
-                rows16(xq, m, R, K, w, n, C, sums);
+                rows16(xq, m, R, K, w, n, C, wide, sums);
                 for (int i = 0; i < R; i++)
                     for (int j = 0; j < C; j++) {
                         float v = (float)sums[i][j] * (scale[n + j] * step[m + i]);

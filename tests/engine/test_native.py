@@ -170,6 +170,30 @@ def test_16_bit_prompt_rows_do_not_overflow_at_full_scale():
     assert got[0, 0] == pytest.approx(8200 * 127 * (1 / 32767) * 32767, rel=1e-6)
 
 
+def _cpu_has_avx512_vnni() -> bool:
+    flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    return all(f in flags for f in ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"))
+
+
+@pytest.mark.parametrize("m,k", [(17, 896), (64, 4864), (33, 8200), (20, 70)])
+def test_the_avx512_prompt_rows_give_the_avx2_rows_bits(m, k):
+    """Where the CPU has AVX-512 VNNI, prompt rows use it, with the AVX2 tile's exact sums; elsewhere the
+    switch refuses. K past one int32 lane's span, and a last step of 6 (masked) columns."""
+    assert native._load() is not None, native._why_not
+    torch.manual_seed(7)
+    lin = Int8Linear.from_float(torch.randn(45, k) * 0.1, torch.randn(45))
+    x = torch.randn(m, k)
+    try:
+        assert native.use_avx512(False) is False
+        avx2 = native.prompt_rows16(x, lin.weight, lin.scale, lin.bias)
+        assert native.use_avx512(True) is _cpu_has_avx512_vnni()
+        wide = native.prompt_rows16(x, lin.weight, lin.scale, lin.bias)
+    finally:
+        native.use_avx512(True)
+    assert torch.equal(wide, avx2)
+    assert torch.equal(wide, _prompt_rows16_in_float64(x, lin))
+
+
 def test_a_linear_reads_every_row_as_16_bits_in_row_exact_mode():
     torch.manual_seed(6)
     lin = Int8Linear.from_float(torch.randn(40, 96), torch.randn(40))
