@@ -22,6 +22,7 @@ from .cache.kvstore import KVStore
 from .cache.responses import ResponseCache, make_key
 from .errors import KeystrokeError
 from .generate import Generated, generate
+from .stops import text_above
 from .loading.loader import fingerprint, load_checkpoint, release_freed_memory
 from .loading.registry import DEFAULT_MODEL, resolve
 from .model import Transformer
@@ -255,7 +256,8 @@ class Engine:
                 return generate(self.model, cache, logits, self.tokenizer, sampling=req.sampling, stop=req.stop,
                                 n=max(1, req.n), is_cancelled=req.is_cancelled, heal=plan,
                                 line_before_cursor=line, deadline=deadline, prompt_ids=ids, suffix=req.suffix,
-                                on_text=req.on_text, avoid_first=avoid_first, draft=self.draft_tokens)
+                                on_text=req.on_text, avoid_first=avoid_first, draft=self.draft_tokens,
+                                above=text_above(req.prefix))
             outs = run()
             if (again := self._retyped_suffix(outs)) is not None:
                 # The model's first choice was the code below the cursor, which the stop rule cut to
@@ -283,10 +285,12 @@ class Engine:
         return CompletionResult(candidates, timings)
 
     def _retyped_suffix(self, outs: list[Generated]) -> int | None:
-        """The first content token of a lone candidate that only re-typed the suffix (cut to nothing), else None.
+        """The first content token of a lone candidate that the suffix rules cut to nothing, else None.
 
         At a blank line the model often writes the next line of the code below instead of the
-        missing one: 6 of 8 empty suggestions looked at in HumanEval single-line infilling."""
+        missing one: 6 of 8 empty suggestions looked at in HumanEval single-line infilling. The
+        same holds for code the suffix cannot follow and a block header left without a body
+        (engine/stops.py)."""
         if len(outs) != 1 or outs[0].stop_reason != "suffix" or outs[0].text.strip():
             return None
         return next((i for i in outs[0].ids if self.tokenizer.decode([i]).strip()), None)

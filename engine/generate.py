@@ -110,7 +110,7 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
              line_before_cursor: str = "", deadline: float | None = None,
              prompt_ids: Sequence[int] = (), suffix: str = "",
              on_text: Callable[[str], None] | None = None, avoid_first: int | None = None,
-             draft: int = 0) -> list[Generated]:
+             draft: int = 0, above: str = "") -> list[Generated]:
     """Decode up to `stop.max_tokens` tokens per candidate after a prefilled prompt.
 
     `cache` (batch 1) holds the prompt and `last_logits` (1, V) are its last
@@ -120,7 +120,8 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
     this call. `prompt_ids` (optional; its last 64 ids) join the generated
     ids for the repetition penalty, and its last id gives the text stream
     its context. `suffix` (the text after the cursor) lets the stop rules see
-    the model re-type it. `on_text` (n == 1) gets the text so far after each
+    the model re-type it, and `above` (the text before the cursor's line) a
+    block header that still has no body. `on_text` (n == 1) gets the text so far after each
     token. `avoid_first` is a token no row may start its content with (see
     Engine: the second try after a first one that only re-typed the suffix).
     `draft` (greedy, n == 1) is how many tokens a step may guess from the text
@@ -137,7 +138,7 @@ def generate(model: Transformer, cache: KVCache, last_logits: torch.Tensor, toke
     if heal is not None and not heal.active:
         heal = None
     context = list(heal.ids if heal is not None else prompt_ids)
-    rows = [_Row(TextStream(tokenizer, context), StopChecker(stop, line_before_cursor, suffix), [])
+    rows = [_Row(TextStream(tokenizer, context), StopChecker(stop, line_before_cursor, suffix, above), [])
             for _ in range(n)]
     work = cache if n == 1 else cache.expanded(n)
     logits = last_logits.reshape(1, -1).expand(n, -1) if last_logits.shape[0] != n else last_logits

@@ -61,6 +61,20 @@ Decisions, so the server can rely on them:
   it opens a block (`while i < l:`) that code is not indented into: 7 more
   of 100, none of the targets.
   The engine asks once more when this leaves nothing.
+- **A header with no body** (Python): at a blank cursor line right under a
+  block header (`def f():`, `for x in xs:`) that has nothing yet but a
+  docstring, a suggestion whose first line sits at or left of the header
+  is cut to nothing at its first character (stop `suffix`). The block
+  would keep no body: at the first body line of a function a FIM model
+  often starts `def main():` or `if __name__ == "__main__":` at column 0.
+  512 of HumanEval's 1,033 single-line tasks sit there and none of their
+  target lines is that far left; 11 of 100 suggestions were, all wrong.
+  The engine then asks once more without that first content token (a
+  `def` or `if`): on the seed-0 100 HumanEval tasks that won 1 and left
+  the rest empty. Steering the first line into the body by banning tokens
+  (tried) won the same one and wrote the others at odd columns (17
+  spaces, a space and a tab), worse than nothing. Whitespace the user
+  typed at or left of the header is their choice and turns the rule off.
 - **Repetition** (when the policy asks for it): a non-empty line repeated
   three times in a row keeps only the first copy; a tail that repeats a
   unit of 2 to 64 characters holding a letter or digit, at least 4 times
@@ -77,7 +91,7 @@ from .api import StopPolicy, StopReason
 from .languages import code_lexicon
 from .lexer import Lexicon, Scanner, ScanState, indent_width, scan
 
-__all__ = ["Stop", "StopChecker", "indent_width"]
+__all__ = ["Stop", "StopChecker", "indent_width", "text_above"]
 
 _CLOSING_LINE = frozenset(")]};,")
 _FIRST_WORD = re.compile(r"\s*(\w+)")
@@ -94,12 +108,19 @@ class Stop:
 
 
 class StopChecker:
-    def __init__(self, policy: StopPolicy, line_before_cursor: str = "", suffix: str = "") -> None:
+    def __init__(self, policy: StopPolicy, line_before_cursor: str = "", suffix: str = "",
+                 above: str = "") -> None:
+        """`above`: the text before the cursor's line (its last lines are enough)."""
         self.policy = policy
         self.line_before_cursor = line_before_cursor
         self._suffix_lines = next_code_lines(suffix)
         self._lexicon = code_lexicon(policy.language_id)
         self._below = _next_code_indent(suffix, self._lexicon)
+        # A blank cursor line under a block header with no body yet: where the suggestion's first line
+        # goes is the model's choice (not whitespace the user typed at or left of the header).
+        header = bodiless_header(above, self._lexicon) if not line_before_cursor.strip() else None
+        typed = indent_width(line_before_cursor)
+        self._header = header if header is not None and (typed == 0 or typed > header) else None
         self._reset()
 
     def _reset(self) -> None:
@@ -193,6 +214,8 @@ class StopChecker:
             return None
         if first_char_of_line:
             level = indent_width(self._line)
+            if not self._seen_content and self._header is not None and level <= self._header:
+                return Stop("suffix", 0)     # the header above would keep no body: nothing to keep
             if self._start_level is None:
                 self._start_level = level
             elif mode == "block" and self._seen_content and not self._open_at_line_start \
@@ -304,6 +327,43 @@ def _next_code_indent(suffix: str, lexicon: Lexicon) -> int | None:
     comments = tuple(lexicon.line_comments)
     return next((indent_width(line) for line in _lines_below(suffix)
                  if not (comments and line.strip().startswith(comments))), None)
+
+
+_DOCSTRING = re.compile(r"""\s*[rRuUbB]{0,2}("{3}|'{3})""")
+
+
+def bodiless_header(above: str, lexicon: Lexicon) -> int | None:
+    """Where indentation is syntax (Python): the indentation of the block header that the text above
+    the cursor's line ends with, when that block has nothing yet but a docstring, else None. A line at
+    or left of it there would leave the block empty (a `def` with only its docstring)."""
+    if lexicon.block_opener != ":":
+        return None
+    lines = [line for line in above.split("\n")[-60:] if line.strip()]
+    if lines and (m := _DOCSTRING.match(lines[-1]) or _DOCSTRING.search(lines[-1])) is not None \
+            and lines[-1].rstrip().endswith(m.group(1)):
+        quote = m.group(1)
+        i = len(lines) - 1    # back to the line that opens the docstring ending on the last line
+        if not (_DOCSTRING.match(lines[i]) and lines[i].count(quote) >= 2):
+            i -= 1
+            while i >= 0 and quote not in lines[i]:
+                i -= 1
+            if i < 0 or not _DOCSTRING.match(lines[i]):
+                return None
+        lines = lines[:i]
+    if not lines:
+        return None
+    st = scan(lines[-1], lexicon)
+    if st.last_code != ":" or st.brackets or st.in_string or st.extra_closers:
+        return None      # not a header, or the last line of a longer one (whose first line is not read)
+    return indent_width(lines[-1])
+
+
+ABOVE_CHARS = 4000
+
+
+def text_above(prefix: str) -> str:
+    """What a `StopChecker` reads above the cursor: the end of the text before the cursor's line."""
+    return prefix[: prefix.rfind("\n") + 1][-ABOVE_CHARS:]
 
 
 def next_code_lines(suffix: str) -> tuple[str, ...]:

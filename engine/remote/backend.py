@@ -18,7 +18,7 @@ from typing import Callable
 
 from .. import fim
 from ..api import Backend, Candidate, CompletionRequest, CompletionResult, StopReason, Timings, approx_tokens
-from ..stops import StopChecker
+from ..stops import StopChecker, text_above
 from .breaker import CircuitBreaker
 from .http import Client, Endpoint, Rejected, RemoteError, Unreachable
 from .prompt import hold_back_space, render_prompt
@@ -260,7 +260,7 @@ class RemoteBackend:
                 for index, piece, finish in pieces(event):
                     row = rows.get(index)
                     if row is None:
-                        row = rows[index] = StreamRow(StopChecker(req.stop, line, req.suffix), held)
+                        row = rows[index] = StreamRow(StopChecker(req.stop, line, req.suffix, text_above(req.prefix)), held)
                     if piece and first is None and row.reason is None:
                         first = time.perf_counter()
                     row.add(piece, finish, sent_stops, req.stop.max_tokens)

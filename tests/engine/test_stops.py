@@ -3,12 +3,12 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from keystroke.engine.api import StopPolicy
-from keystroke.engine.stops import Stop, StopChecker, indent_width
+from keystroke.engine.stops import Stop, StopChecker, bodiless_header, indent_width, text_above
 
 
-def run(text, chunk=1, line="", suffix="", **policy):
+def run(text, chunk=1, line="", suffix="", above="", **policy):
     """Feed `text` in chunks of `chunk` characters; return (reason, kept text) or None."""
-    checker = StopChecker(StopPolicy(**policy), line, suffix)
+    checker = StopChecker(StopPolicy(**policy), line, suffix, above)
     for end in list(range(chunk, len(text), chunk)) + [len(text)]:
         hit = checker.check(text[:end])
         if hit is not None:
@@ -286,3 +286,54 @@ def test_outdented_lines_inside_a_block_completion_are_judged_only_at_its_end():
     # ... and again, as long as the last line left cannot lead into the suffix either
     assert run("    y = 1\n        z = 2\n    print(y)\n    return y\n\n#", line="", suffix=suffix, mode="block",
                language_id="python") == ("suffix", "    y = 1\n        z = 2")
+
+
+DOCSTRING_ONLY = 'import math\n\n\ndef area(r):\n    """The area of a circle of radius r.\n\n    >>> area(1)\n    3.14...\n    """\n'
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 1000])
+@pytest.mark.parametrize("mode", ["line", "block"])
+def test_a_line_at_or_left_of_a_header_with_no_body_is_cut_to_nothing(chunk, mode):
+    """At a function's first body line a FIM model often starts a new top-level function instead."""
+    for text in ('def main():\n    print(area(2))\n', 'if __name__ == "__main__":\n') + (('\nclass B:\n',) if mode == "block" else ()):
+        assert run(text, chunk=chunk, above=DOCSTRING_ONLY, mode=mode, language_id="python") == ("suffix", "")
+    def kept(text, above):
+        got = run(text, chunk=chunk, above=above, mode=mode, language_id=language)
+        return text if got is None else got[1]
+    language = "python"
+    assert kept("    return math.pi * r * r\n", DOCSTRING_ONLY) .startswith("    return math.pi * r * r")
+    # only under such a header, and only where indentation is syntax
+    assert kept("def main():\n x\n", DOCSTRING_ONLY + "    return math.pi * r * r\n\n").startswith("def main")
+    language = "c"
+    assert kept("def main():\n x\n", DOCSTRING_ONLY).startswith("def main")
+
+
+def test_a_header_without_a_docstring_counts_and_typed_whitespace_is_the_users():
+    above = "def f(xs):\n    for x in xs:\n"
+    assert run("    print(x)\n", above=above, mode="line", language_id="python") == ("suffix", "")
+    assert run("        print(x)\n", above=above, mode="line", language_id="python") == ("line", "        print(x)")
+    # the user typed 4 spaces, at the header's level: their choice; 8 spaces: the rule has nothing to cut
+    assert run("print(x)\n", line="    ", above=above, mode="line", language_id="python") == ("line", "print(x)")
+    assert run("print(x)\n", line="        ", above=above, mode="line", language_id="python") == ("line", "print(x)")
+    assert run("x\n", line="    y = ", above=above, mode="line", language_id="python") == ("line", "x")
+
+
+@pytest.mark.parametrize("above,level", [
+    (DOCSTRING_ONLY, 0),
+    ("class A:\n    def f(self):\n        '''One line.'''\n", 4),
+    ('def f():\n    r"""Raw\n    docstring."""\n\n', 0),
+    ("def f(x,\n      y):\n", None),     # the header's last line alone is read: its bracket closes there
+    ("    while True:  # forever\n", 4),
+    ("def f():\n    return 1\n", None),
+    ('x = """\nnot a docstring"""\n', None),
+    ("d = {\n    'a':\n", 4),
+    ("", None),
+])
+def test_the_header_with_no_body_is_found_above_the_cursor(above, level):
+    from keystroke.engine.languages import code_lexicon
+    assert bodiless_header(above, code_lexicon("python")) == level
+
+
+def test_the_text_above_is_the_prefix_up_to_the_cursors_line():
+    assert text_above("a\nb\n    c") == "a\nb\n"
+    assert text_above("abc") == "" and text_above("x\n") == "x\n"
