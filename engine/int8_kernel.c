@@ -374,7 +374,7 @@ static void rows16_512(const int16_t *xr, int R, int64_t K, const int8_t *wr, in
     }
 }
 
-/* Whether the 16-bit prompt rows use AVX-512 VNNI: where the CPU has it, unless ks_use_avx512(0) said
+/* Whether the 16-bit rows use AVX-512 VNNI: where the CPU has it, unless ks_use_avx512(0) said
  * not (the tests compare both paths on one machine). */
 static int use512 = -1;
 

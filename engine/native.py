@@ -9,7 +9,7 @@ reference kernel: Qwen 0.5B's output projection alone took 72 ms a token.
 The C kernel computes the same exact int32 sums (so the choice never changes
 a result) at 13-16 GB/s there, and 50-60 GMAC/s for prompt rows.
 
-The kernel is plain C (AVX2; the 16-bit prompt rows use AVX-512 VNNI where the CPU has it, with
+The kernel is plain C (AVX2; the 16-bit rows use AVX-512 VNNI where the CPU has it, with
 the same exact sums), compiled once per source and machine with the
 system's C compiler (`$CC`, else `cc`) into the cache directory, and loaded
 with ctypes, which releases the GIL while it runs. Which kernel serves a product is decided by
