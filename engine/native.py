@@ -253,33 +253,20 @@ def use_avx512(on: bool = True) -> bool:
 
 
 def prompt16() -> bool:
-    """Whether prompt rows run as one 16-bit row in C (`prompt_rows16`) in this process, rather than as
-    two int8 rows through `int8_mm`: timed once, since a CPU with VNNI may run the int8 rows faster.
-    The two give different bits, so the engine names the choice in its fingerprint (quantize.kernels)."""
+    """Whether every int8 row runs as one 16-bit row in C (`prompt_rows16`, quantize.Phase.row_exact)
+    in this process, rather than prompt rows as two int8 rows through `int8_mm`: wherever the C
+    kernel loads, unless `KEYSTROKE_INT8_KERNEL=torch`.
+
+    Not timed: the mode changes results (the engine names it in its fingerprint, quantize.kernels),
+    and a timing taken under load chose differently in two processes of one test run, so a server
+    and its client's reference engine disagreed. Measured, the 16-bit rows made the better engine on
+    both CPUs tried: on the AVX2-only EPYC a 256-row prompt product took 17 against 36 ms; on the
+    AVX-512 VNNI EPYC torch's int8 rows took 0.4-0.7x the time of a 16-bit prompt product, yet the
+    engine prefilled as fast and decoded 56 tok/s against 39 (decode steps then run their norms and
+    attention in C, and decode rows equal prefill rows, so the cache keeps generated tokens' K/V)."""
     if "prompt16" not in _choice:
         forced = os.environ.get("KEYSTROKE_INT8_KERNEL", "").strip().lower()
-        if _ready() is None or forced == "torch":
-            choice = False
-        elif forced == "native":
-            choice = True
-        else:
-            g = torch.Generator().manual_seed(2)
-            x = torch.randn(64, 1024, generator=g)
-            w = torch.randint(-127, 128, (2048, 1024), dtype=torch.int8, generator=g)
-            scale = torch.ones(2048)
-            xq = torch.randint(-127, 128, (128, 1024), dtype=torch.int8, generator=g)
-            prompt_rows16(x, w, scale, None)
-            int8_mm(xq, w)
-            ours = theirs = float("inf")
-            for _ in range(7):       # alternating, best of each: a busy neighbour slows both alike
-                ours = min(ours, _timed_once(lambda: prompt_rows16(x, w, scale, None)))
-                theirs = min(theirs, _timed_once(lambda: int8_mm(xq, w)))
-            # The 16-bit rows bring more than their prompt speed: decode steps then run their norms and
-            # attention in C (model.py), and decode rows equal prefill rows (the cache keeps generated
-            # tokens' K/V). On the AVX-512 VNNI EPYC torch's int8 rows took 0.4-0.7x the time of these
-            # prompt rows, yet the engine decoded 56 tok/s with the 16-bit rows against 39 with the int8
-            # rows, and prefilled as fast: the int8 rows must be 2.5 times as fast to win.
-            choice = theirs > 0.4 * ours
+        choice = _ready() is not None and forced != "torch"
         with _lock:
             _choice.setdefault("prompt16", choice)
         log.info("int8 prompt rows: %s", "one 16-bit row (C)" if _choice["prompt16"] else "two int8 rows")

@@ -11,9 +11,9 @@
   serve prefill and decode. Measured on an AVX-512 VNNI CPU (4864x896, 2
   threads): 54 us for one token, 1.9 ms for 256, against fbgemm's dynamic
   int8 85 us / 2.2 ms and fp16 188 us / 8.2 ms.
-  Where the C kernel's 16-bit rows are faster than two int8 rows
+  Wherever the C kernel loads, unless KEYSTROKE_INT8_KERNEL=torch
   (`native.prompt16`; on the AVX2-only EPYC 896x4864 with 256 rows took 17
-  against 36 ms), every layer row, prompt or decode, is one int16 row
+  ms as 16-bit rows against 36 as two int8 rows), every layer row, prompt or decode, is one int16 row
   (`native.prompt_rows16`, exact int64 sums): `Phase.row_exact`, in which a
   decode step gives a prefill's bits (model.py). From DRAM, one 16-bit
   decode row runs as fast as one int8 row (a single stream through the
