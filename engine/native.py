@@ -12,12 +12,14 @@ a result) at 13-16 GB/s there, and 50-60 GMAC/s for prompt rows.
 The kernel is plain C (AVX2; the 16-bit rows use AVX-512 VNNI where the CPU has it, with
 the same exact sums), compiled once per source and machine with the
 system's C compiler (`$CC`, else `cc`) into the cache directory, and loaded
-with ctypes, which releases the GIL while it runs. Which kernel serves a product is decided by
-timing both once per process, separately for decode rows (at most `ROWS`) and
-prompt rows, since a CPU's torch kernel may be fast for one and not the other.
+with ctypes, which releases the GIL while it runs. Where it loads, every int8 row of the
+engine is one 16-bit row in C (`prompt16()`, not timed: the mode changes results). For the int8
+products themselves (`int8_mm`, the same sums either way) the kernel is chosen by timing both
+once per process, separately for decode rows (at most `ROWS`) and prompt rows, since a CPU's
+torch kernel may be fast for one and not the other.
 Without a compiler, AVX2 or a working build, torch's kernel serves every
-product and the reason is logged once. `KEYSTROKE_INT8_KERNEL=torch` (or
-`native`) overrides the timing.
+product and the reason is logged once. `KEYSTROKE_INT8_KERNEL=torch` turns the C kernel's
+16-bit rows off and, with `native`, overrides the timing of the int8 products.
 
 The small operations need no timing: one C call replaces six to twenty torch
 operations (measured in step_ops.c's header). They compute each row alone in

@@ -339,7 +339,7 @@ def bodiless_header(above: str, lexicon: Lexicon) -> int | None:
     if lexicon.block_opener != ":":
         return None
     lines = [line for line in above.split("\n")[-60:] if line.strip()]
-    if lines and (m := _DOCSTRING.match(lines[-1]) or _DOCSTRING.search(lines[-1])) is not None \
+    if lines and (m := _DOCSTRING.search(lines[-1])) is not None \
             and lines[-1].rstrip().endswith(m.group(1)):
         quote = m.group(1)
         i = len(lines) - 1    # back to the line that opens the docstring ending on the last line
