@@ -52,6 +52,7 @@ class VocabIndex:
         self.size = max(len(strings), tokenizer.vocab_size)
         self.build_seconds = time.perf_counter() - t0
         self._line_breaks: torch.Tensor | None = None
+        self._content_starts: torch.Tensor | None = None
 
     def line_breaks(self, size: int | None = None) -> torch.Tensor:
         """(size,) bool: True for the tokens whose text is blanks and then a line break, or starts with one."""
@@ -61,11 +62,15 @@ class VocabIndex:
                 if s.lstrip(" \t")[:1] in ("\n", "\r"):
                     out[i] = True
             self._line_breaks = torch.from_numpy(out)
-        mask = self._line_breaks
-        size = size or self.size
-        if size <= mask.shape[0]:
-            return mask[:size]
-        return torch.cat([mask, torch.zeros(size - mask.shape[0], dtype=torch.bool)])
+        return _sized(self._line_breaks, size or self.size)
+
+    def content_starts(self, size: int | None = None) -> torch.Tensor:
+        """(size,) bool: True for the tokens whose text starts with a character that is not blank."""
+        if self._content_starts is None:
+            self._content_starts = torch.from_numpy(np.array(
+                [bool(s) and not s[0].isspace() and i not in self.excluded for i, s in enumerate(self.strings)],
+                dtype=np.bool_))
+        return _sized(self._content_starts, size or self.size)
 
     def extending(self, text: str) -> np.ndarray:
         """Ids of the tokens whose text starts with `text`."""
@@ -84,17 +89,35 @@ class VocabIndex:
         hi = bisect.bisect_right(self.texts, text, lo)
         return self.ids[lo:hi]
 
-    def mask(self, text: str, size: int | None = None) -> torch.Tensor:
+    def mask(self, text: str, size: int | None = None, content_after: bool = False) -> torch.Tensor:
         """(size,) bool: True for the tokens that can begin `text` or go beyond it.
 
         That is the tokens whose text starts with `text`, and those whose text
         is a non-empty proper prefix of it (the rest is constrained next step).
+        With `content_after`, a token that goes beyond `text` must go on with a
+        character that is not blank, and a token that is `text` exactly is
+        allowed only where no token does (then the next token must start with
+        content, `content_starts`).
         """
         out = np.zeros(size or self.size, dtype=np.bool_)  # numpy: torch's threaded fill costs ms here
-        parts = [self.extending(text)] + [self.exactly(text[:k]) for k in range(1, len(text))]
+        longer = self.extending(text)
+        if content_after:
+            ends = [self.strings[i][len(text):len(text) + 1] for i in longer.tolist()]
+            longer = longer[np.array([c != "" and not c.isspace() for c in ends], dtype=np.bool_)]
+        # With content after, `text` exactly only where no token goes on from it: then the model
+        # must start content on its next token, where it had blanks in mind (HumanEval: a lone `1`).
+        exact = int(content_after and not len(longer))
+        parts = [longer] + [self.exactly(text[:k]) for k in range(1, len(text) + exact)]
         ids = np.concatenate(parts)
         out[ids[ids < out.shape[0]]] = True
         return torch.from_numpy(out)
+
+
+def _sized(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """`mask` cut or padded with False to `size` (the model's vocabulary may be longer or shorter)."""
+    if size <= mask.shape[0]:
+        return mask[:size]
+    return torch.cat([mask, torch.zeros(size - mask.shape[0], dtype=torch.bool)])
 
 
 def _control_ids(tokenizer: Tokenizer) -> frozenset[int]:
@@ -137,19 +160,29 @@ def vocab_index(tokenizer: Tokenizer) -> VocabIndex:
 
 @dataclass
 class HealPlan:
-    """What healing did to a prompt: `ids` to prefill, and the text it took off the end."""
+    """What healing did to a prompt: `ids` to prefill, and the text it took off the end.
+
+    `lead` is text the completion must begin with after the removed text and keep (it is not
+    typed yet), followed by content (`VocabIndex.mask`'s `content_after`). It puts a first line
+    at a column (`stops.body_column`)."""
 
     ids: list[int]
     removed_text: str = ""
     removed_ids: tuple[int, ...] = ()
+    lead: str = ""
 
     @property
     def active(self) -> bool:
-        return bool(self.removed_text)
+        return bool(self.removed_text or self.lead)
+
+    @property
+    def pending(self) -> str:
+        """All the text the first tokens must re-type: the removed text, then the lead."""
+        return self.removed_text + self.lead
 
     def allowed_mask(self, tokenizer: Tokenizer, size: int | None = None,
                      pending: str | None = None) -> torch.Tensor | None:
-        """(V,) bool of the tokens allowed next while `pending` (default: all the removed text) is unmatched.
+        """(V,) bool of the tokens allowed next while `pending` (default: all of `self.pending`) is unmatched.
 
         Allowed: tokens whose text starts with `pending`, or is a shorter piece
         of it (`\n` + 7 spaces for a removed `\n` + 8 spaces; the remainder is
@@ -157,12 +190,12 @@ class HealPlan:
         allowed first. None when nothing is pending. `size` pads or cuts to
         the model's vocabulary size.
         """
-        pending = self.removed_text if pending is None else pending
+        pending = self.pending if pending is None else pending
         if not pending:
             return None
         index = vocab_index(tokenizer)
-        mask = index.mask(pending, size)
-        if pending == self.removed_text:
+        mask = index.mask(pending, size, content_after=bool(self.lead))
+        if pending == self.pending:
             for i in self.removed_ids:
                 if i < mask.shape[0]:
                     mask[i] = True

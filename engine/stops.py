@@ -69,12 +69,13 @@ Decisions, so the server can rely on them:
   often starts `def main():` or `if __name__ == "__main__":` at column 0.
   512 of HumanEval's 1,033 single-line tasks sit there and none of their
   target lines is that far left; 11 of 100 suggestions were, all wrong.
-  The engine then asks once more without that first content token (a
-  `def` or `if`): on the seed-0 100 HumanEval tasks that won 1 and left
-  the rest empty. Steering the first line into the body by banning tokens
-  (tried) won the same one and wrote the others at odd columns (17
-  spaces, a space and a tab), worse than nothing. Whitespace the user
-  typed at or left of the header is their choice and turns the rule off.
+  The local engine does not get there at an empty cursor line: `generate`
+  puts the first line at the body's column (`body_column`: the docstring's,
+  else the header's plus the text's indent step), as an editor's
+  auto-indent would have. Banning tokens at or left of the header instead
+  (tried) wrote lines at odd columns (17 spaces, a space and a tab).
+  Whitespace the user typed at or left of the header is their choice and
+  turns the rule off.
 - **Repetition** (when the policy asks for it): a non-empty line repeated
   three times in a row keeps only the first copy; a tail that repeats a
   unit of 2 to 64 characters holding a letter or digit, at least 4 times
@@ -83,6 +84,7 @@ Decisions, so the server can rely on them:
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
 from typing import Iterator
@@ -91,7 +93,7 @@ from .api import StopPolicy, StopReason
 from .languages import code_lexicon
 from .lexer import Lexicon, Scanner, ScanState, indent_width, scan
 
-__all__ = ["Stop", "StopChecker", "indent_width", "text_above"]
+__all__ = ["Stop", "StopChecker", "body_column", "indent_width", "text_above"]
 
 _CLOSING_LINE = frozenset(")]};,")
 _FIRST_WORD = re.compile(r"\s*(\w+)")
@@ -356,6 +358,30 @@ def bodiless_header(above: str, lexicon: Lexicon) -> int | None:
     if st.last_code != ":" or st.brackets or st.in_string or st.extra_closers:
         return None      # not a header, or the last line of a longer one (whose first line is not read)
     return indent_width(lines[-1])
+
+
+def body_column(above: str, lexicon: Lexicon, suffix: str = "") -> int | None:
+    """The column of the first body line of the block header with no body that `above` ends with
+    (`bodiless_header`), or None without one or where the lines near it indent with tabs.
+
+    A docstring's column where the block has one, else the header's plus the text's usual indent
+    step: the commonest increase of indentation from one line to the next, in the lines above and
+    in `suffix` (a file may indent a body by 4 and its blocks by 2), else 4."""
+    header = bodiless_header(above, lexicon)
+    if header is None:
+        return None
+    lines = [line for line in above.split("\n")[-60:] if line.strip()]
+    below = [line for line in suffix.split("\n")[1:60] if line.strip()]
+    if any(line.startswith("\t") for line in lines + below):
+        return None
+    last = indent_width(lines[-1])
+    if last > header:
+        return last
+    steps: Counter[int] = Counter()
+    for part in (lines, below):
+        widths = [indent_width(line) for line in part]
+        steps.update(b - a for a, b in zip(widths, widths[1:]) if b > a)
+    return header + (max(steps, key=lambda k: (steps[k], -k)) if steps else 4)
 
 
 ABOVE_CHARS = 4000

@@ -368,3 +368,40 @@ def test_a_last_line_that_jumps_over_the_suffix_is_cut_at_the_end_token():
                        stop=StopPolicy(max_tokens=32, mode="line", language_id="python"), suffix=suffix)
         assert out[0].text == expected
         assert out[0].stop_reason == ("suffix" if not expected else "eos")
+
+
+@pytest.mark.parametrize("above, column", [
+    ('def area(r):\n    """The area."""\n', 4),
+    ("def f(xs):\n  for x in xs:\n", 4),         # the text's own indent step
+    ("x = 1\n", None),                           # no header above
+])
+def test_an_empty_line_under_a_header_with_no_body_is_written_at_the_bodys_column(above, column):
+    """The model would start at column 0 (`d`, a new `def`); the lead puts its line in the body."""
+    (space,) = TOK.encode(" ")
+    steps = [ids("d") + [space]] * 8 + [ids("e"), ids("f"), [EOS]]
+    model = Ranked(steps)
+    out = generate(model, FakeCache(), model.first(), TOK, sampling=SamplingParams(),
+                   stop=StopPolicy(max_tokens=12, mode="line", language_id="python"), above=above)
+    text = out[0].text if out else ""
+    if column is None:
+        assert text.startswith("d")
+    else:
+        assert text[:column] == " " * column and text[column] == "d", text
+    # blanks the user typed are theirs: no lead
+    model = Ranked(steps)
+    typed = generate(model, FakeCache(), model.first(), TOK, sampling=SamplingParams(), line_before_cursor="  ",
+                     stop=StopPolicy(max_tokens=12, mode="line", language_id="python"), above=above)
+    assert not typed or not typed[0].text.startswith(" ")
+
+
+def test_a_first_line_put_at_the_bodys_column_without_a_letter_or_digit_is_dropped():
+    (space,) = TOK.encode(" ")
+    steps = [[space]] * 3 + [ids(".")] + [[EOS]]
+    model = Ranked(steps)
+    out = generate(model, FakeCache(), model.first(), TOK, sampling=SamplingParams(),
+                   stop=StopPolicy(max_tokens=12, mode="line", language_id="python"), above="def f():\n")
+    assert [g.text for g in out] == [""]
+    model = Ranked(steps)      # the same text where the user typed the blanks is theirs to judge
+    typed = generate(model, FakeCache(), model.first(), TOK, sampling=SamplingParams(), line_before_cursor=" ",
+                     stop=StopPolicy(max_tokens=12, mode="line", language_id="python"), above="def f():\n")
+    assert typed[0].text.strip() == "."

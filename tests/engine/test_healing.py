@@ -225,3 +225,30 @@ def test_healing_may_retype_the_removed_text_in_shorter_pieces():
     second = plan.allowed_mask(tok, pending=pending)
     assert all(tok.token_strings()[i].startswith(" ") for i in second.nonzero().flatten().tolist())
     assert HealPlan.consume(tok, pending, tok.encode(" =")[0]) == ""
+
+
+def test_a_lead_is_retyped_then_content_follows_at_its_end():
+    """A lead of 2 blanks (a first line put at a column): blanks no further than it, then content."""
+    tok = toy_tokenizer(("ĠĠĠ", "Ġfor", "ĠĠfor"))
+    plan = HealPlan([0], lead="  ")
+    strings = tok.token_strings()
+    def allowed(pending=None):
+        return {strings[i] for i in plan.allowed_mask(tok, pending=pending).nonzero().flatten().tolist()}
+    first = allowed()
+    assert {" ", "  f", "  for"} <= first
+    assert "   " not in first and " for" not in first and "for" not in first
+    assert "  " not in first    # exactly the lead: the next token would have to start content
+    second = allowed(HealPlan.consume(tok, "  ", tok.token_id("Ġ")))
+    assert {" f", " for"} <= second and " " not in second and "f" not in second
+    content = {strings[i] for i in vocab_index(tok).content_starts().nonzero().flatten().tolist()}
+    assert "f" in content and " f" not in content
+    assert not any(s[0].isspace() for s in content) and "<|endoftext|>" not in content
+    assert plan.strip("  for x") == "  for x"     # a lead is not typed: it stays in the completion
+
+
+def test_a_lead_no_token_goes_beyond_is_typed_exactly_then_content_is_forced():
+    tok = toy_tokenizer(())                      # bytes only: no token holds a blank and a letter
+    plan = HealPlan([0], lead="  ")
+    strings = tok.token_strings()
+    last = {strings[i] for i in plan.allowed_mask(tok, pending=" ").nonzero().flatten().tolist()}
+    assert last == {" "}

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from keystroke.engine.api import StopPolicy
-from keystroke.engine.stops import Stop, StopChecker, bodiless_header, indent_width, text_above
+from keystroke.engine.stops import Stop, StopChecker, bodiless_header, body_column, indent_width, text_above
 
 
 def run(text, chunk=1, line="", suffix="", above="", **policy):
@@ -337,3 +337,17 @@ def test_the_header_with_no_body_is_found_above_the_cursor(above, level):
 def test_the_text_above_is_the_prefix_up_to_the_cursors_line():
     assert text_above("a\nb\n    c") == "a\nb\n"
     assert text_above("abc") == "" and text_above("x\n") == "x\n"
+
+
+@pytest.mark.parametrize("above,column", [
+    (DOCSTRING_ONLY, 4),                                      # the docstring's column
+    ("class A:\n    def f(self):\n        '''One line.'''\n", 8),
+    ("def f(xs):\n    for x in xs:\n", 8),                    # the header's plus the usual step
+    ("def f(xs):\n  if xs:\n    for x in xs:\n", 6),          # a 2-space file
+    ("def f(xs):\n\tfor x in xs:\n", None),                   # tabs: not guessed
+    ("def f():\n    return 1\n", None),
+])
+def test_the_body_column_of_a_header_with_no_body(above, column):
+    from keystroke.engine.languages import code_lexicon
+    assert body_column(above, code_lexicon("python")) == column
+    assert body_column(above, code_lexicon("c")) is None
