@@ -27,7 +27,8 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from array import array
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
@@ -37,6 +38,41 @@ from .errors import ModelError
 from .paths import cache_root
 
 log = logging.getLogger("keystroke.engine")
+
+
+class TokenTexts(Sequence[str]):
+    """Strings held as one text and their offsets in it, read like a list.
+
+    A list of Gemma 3's 262,144 token texts as Python strings holds about 55 MB of the
+    process; one string and an offset array hold them in a few MB."""
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        starts, chunks, parts, end = array("q", [0]), [], [], 0
+        for t in texts:
+            parts.append(t)
+            end += len(t)
+            starts.append(end)
+            if len(parts) >= 8192:   # join as it goes: never a list of all the small strings
+                chunks.append("".join(parts))
+                parts.clear()
+        self._text = "".join(chunks + parts)
+        self._starts = starts
+
+    def __len__(self) -> int:
+        return len(self._starts) - 1
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):   # a list, as a list's slice is
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._text[self._starts[i]:self._starts[i + 1]]
+
+    def __iter__(self) -> Iterator[str]:
+        text, starts = self._text, self._starts
+        return (text[starts[i]:starts[i + 1]] for i in range(len(starts) - 1))
 
 
 # llama.cpp's pre-tokenizer regexes per `tokenizer.ggml.pre` (applied in order, each one
@@ -81,7 +117,7 @@ class Tokenizer:
         stops = {i for i in eos_ids if i is not None}
         stops.update(self.special_tokens().values())
         self.eos_ids: frozenset[int] = frozenset(stops)
-        self._token_strings: list[str] | None = None
+        self._token_strings: TokenTexts | None = None
         self.cache_file: Path | None = None   # where a GGUF-built backend is cached (from_gguf_metadata)
 
     # -- use ---------------------------------------------------------------------------------
@@ -94,13 +130,17 @@ class Tokenizer:
         """The text of `ids`, special tokens included as their text."""
         return self._backend.decode(list(ids), skip_special_tokens=False)
 
-    def token_strings(self) -> list[str]:
+    def token_strings(self) -> TokenTexts:
         """Text of every id taken alone; '' where that is nothing or a partial UTF-8 sequence."""
         if self._token_strings is None:
-            texts = self._backend.decode_batch([[i] for i in range(self.vocab_size)],
-                                               skip_special_tokens=False)
-            self._token_strings = ["" if "\ufffd" in t else t for t in texts]
+            self._token_strings = TokenTexts(self._decode_each())
         return self._token_strings
+
+    def _decode_each(self, batch: int = 8192) -> Iterator[str]:
+        for start in range(0, self.vocab_size, batch):
+            ids = [[i] for i in range(start, min(start + batch, self.vocab_size))]
+            for t in self._backend.decode_batch(ids, skip_special_tokens=False):
+                yield "" if "\ufffd" in t else t
 
     def special_tokens(self) -> dict[str, int]:
         """Content -> id of the control tokens (BOS/EOS, FIM markers, chat turns...)."""

@@ -186,3 +186,13 @@ def test_gemma_tokenizer_is_built_once_then_read_from_the_cache(tmp_path, monkey
     next(tmp_path.glob("*.tok")).write_text("{broken")
     again = Tokenizer.from_gguf_metadata(meta, cache_dir=tmp_path)
     assert again.encode(sample) == cold.encode(sample)
+
+
+def test_token_texts_read_like_the_list_they_replace():
+    from keystroke.engine.tokenizer import TokenTexts
+    texts = ["", "a", "\U0001f600x", "", "  \n"] + [f"t{i}" for i in range(20000)]   # more than a chunk
+    held = TokenTexts(iter(texts))
+    assert len(held) == len(texts) and list(held) == texts
+    assert held[-1] == texts[-1] and held[2] == "\U0001f600x" and held[1:3] == texts[1:3]
+    with pytest.raises(IndexError):
+        held[len(texts)]
