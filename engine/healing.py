@@ -20,10 +20,10 @@ one contiguous range of it, found by two binary searches.
 from __future__ import annotations
 
 import bisect
-from array import array
 import threading
 import time
 import weakref
+from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
