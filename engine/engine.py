@@ -11,6 +11,7 @@ import logging
 import sys
 import threading
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,7 @@ from .cache.kvstore import KVStore
 from .cache.responses import ResponseCache, make_key
 from .errors import KeystrokeError
 from .generate import Generated, generate
+from .names import defines, undefined_below
 from .stops import text_above
 from .loading.loader import fingerprint, load_checkpoint, release_freed_memory
 from .loading.registry import DEFAULT_MODEL, resolve
@@ -208,6 +210,35 @@ class Engine:
         return result
 
     def _complete(self, req: CompletionRequest, started: float) -> CompletionResult:
+        """One completion; at a blank Python line whose code below reads a name nothing defines, and
+        whose first answer does not define it, the answer with that name typed (`names`).
+
+        The second request is the first one with the name typed on the line, so it shares the
+        prompt's K/V up to the line (the FIM layout puts typed text after the suffix): a few
+        tokens of prefill and a line of decode. It is a pure function of the document and cursor,
+        like the first: a warm cache still completes as a cold one."""
+        result = self._complete_once(req, started)
+        if req.n > 1 or not result.candidates or result.candidates[0].stop_reason in ("cancelled", "deadline"):
+            return result
+        missing = undefined_below(req.prefix, req.suffix, req.stop.language_id)
+        line = req.prefix.rsplit("\n", 1)[-1]
+        if not missing.names or any(defines((line + result.text).split("\n", 1)[0], n) for n in missing.names):
+            return result
+        timings = result.timings
+        for typed in missing.typings():
+            on_text = req.on_text
+            sub = replace(req, prefix=req.prefix + typed,
+                          on_text=(lambda text, typed=typed: on_text(typed + text)) if on_text is not None else None)
+            again = self._complete_once(sub, started)
+            _add_timings(timings, again.timings)
+            text = typed + again.text
+            if again.candidates and any(defines((line + text).split("\n", 1)[0], n) for n in missing.names):
+                return CompletionResult([replace(again.candidates[0], text=text)], timings)
+            if again.candidates and again.candidates[0].stop_reason in ("cancelled", "deadline"):
+                break
+        return result
+
+    def _complete_once(self, req: CompletionRequest, started: float) -> CompletionResult:
         timings = Timings()
         prompt = fim.build_prompt(self.tokenizer, self.template, req.header, req.prefix, req.suffix,
                                   files=[(f.path, f.text) for f in req.files], path=req.path)
@@ -356,3 +387,11 @@ class Engine:
     def close_document(self, doc_id: str) -> None:
         with self._lock:
             self.store.close(doc_id)
+
+
+def _add_timings(into: Timings, more: Timings) -> None:
+    """Add the tokens and milliseconds of a further model run of the same request to `into`."""
+    for f in fields(Timings):
+        if f.name in ("queue_ms", "total_ms", "prompt_tokens", "response_cache_hit"):
+            continue
+        setattr(into, f.name, getattr(into, f.name) + getattr(more, f.name))

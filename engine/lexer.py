@@ -271,6 +271,46 @@ def scan(text: str, lex: Lexicon, start: ScanState | None = None) -> ScanState:
     return scanner.state()
 
 
+def code_text(text: str, lex: Lexicon) -> str:
+    """`text` with the inside of its strings and comments blanked out, line breaks kept.
+
+    Offsets and lines stay where they were, so a regular expression over the result sees code
+    only (no names from a docstring, a comment or a string's words). Delimiters stay.
+    """
+    out, pos, n = [], 0, len(text)
+    pattern = _token_re(lex)
+    blocks = dict(lex.block_comments)
+    while pos < n:
+        m = pattern.search(text, pos)
+        if m is None:
+            break
+        kind = m.lastgroup
+        if kind in ("br", "skip"):
+            out.append(text[pos:m.end()])
+            pos = m.end()
+            continue
+        out.append(text[pos:m.end()])
+        start = m.end()
+        if kind == "q":
+            delim = m.group()
+            found = _string_end(text, start, start, delim, delim in lex.multiline)
+            end = found[0] if found is not None else n
+            inner_end = end - len(delim) if found is not None and found[1] else end
+        else:
+            close = "\n" if kind == "lc" else blocks[m.group()]
+            end = text.find(close, start)
+            end = n if end == -1 else end + (0 if close == "\n" else len(close))
+            inner_end = end if close == "\n" or end == n else end - len(close)
+        out.append(_blank(text[start:inner_end]) + text[inner_end:end])
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _blank(chunk: str) -> str:
+    return "".join(c if c == "\n" else " " for c in chunk)
+
+
 def indent_width(line: str) -> int:
     """Columns of leading whitespace, a tab reaching the next multiple of 8.
 

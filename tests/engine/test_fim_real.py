@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from keystroke.engine import Engine, registry
+from keystroke.engine.names import defines
 from keystroke.server import pipeline
 from keystroke.server.config import Config
 from keystroke.server.context import DocumentView
@@ -54,3 +55,20 @@ def test_the_empty_line_above_a_function_does_not_get_its_body(engine):
         for suggestion in done.suggestions:
             written = {line.strip() for line in suggestion.split("\n")}
             assert not written & set(following), (mode, suggestion)
+
+
+@pytest.mark.real_model
+def test_a_blank_line_above_code_that_reads_an_undefined_name_defines_it(engine):
+    """The 0.5B's first answer here is the function's end or nothing; with the name typed it writes
+    the definition (engine/names.py). Judged by whether the line defines the name, and run by running it."""
+    above = ('def nesting_depths(groups):\n    """The deepest nesting of parentheses in each group."""\n'
+             '    def depth_of(s):\n')
+    below = ('\n        deepest = 0\n        for c in s:\n            if c == "(":\n                depth += 1\n'
+             '                deepest = max(depth, deepest)\n            else:\n                depth -= 1\n'
+             '        return deepest\n    return [depth_of(g) for g in groups.split()]\n')
+    done = complete(engine, above + below, len(above), mode="line")
+    line = done.suggestions[0].split("\n")[0]
+    assert defines(line, "depth"), line
+    namespace: dict = {}
+    exec(above + line + below, namespace)   # the program now runs
+    assert namespace["nesting_depths"]("(()) ((()))") == [2, 3]

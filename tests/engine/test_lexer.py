@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from keystroke.engine.languages import ANY_CODE, GENERIC, LANGUAGES, code_lexicon, language, language_of_path, lexicon
-from keystroke.engine.lexer import Scanner, indent_width, scan
+from keystroke.engine.lexer import Scanner, code_text, indent_width, scan
 
 LEXICONS = sorted({lang.lexicon for lang in LANGUAGES.values()} | {ANY_CODE}, key=repr)
 # Pieces that make the lexers' delimiters, escapes and brackets meet in every order.
@@ -90,3 +90,21 @@ def test_the_engine_reads_code_of_no_named_language_with_the_common_conventions(
     assert scan("x = 1  # (", ANY_CODE).in_comment and not scan("a#(", ANY_CODE).in_comment
     assert scan("x = '''(\n", ANY_CODE).in_string and scan("a // (", ANY_CODE).in_comment
     assert lexicon("") is GENERIC  # mode choice: an unknown language has no comments
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(LEXICONS), st.lists(st.sampled_from(PIECES), max_size=40))
+def test_code_text_keeps_offsets_lines_and_the_scan(lex, pieces):
+    text = "".join(pieces)
+    code = code_text(text, lex)
+    assert len(code) == len(text) and code.count("\n") == text.count("\n")
+    assert scan(code, lex).brackets == scan(text, lex).brackets   # only the insides of strings and comments went
+
+
+def test_code_text_blanks_the_words_of_strings_and_comments():
+    from keystroke.engine.languages import PYTHON
+    text = 'def f(s):\n    """Count s."""\n    x = "a b"  # y\n    return x\n'
+    code = code_text(text, PYTHON)
+    assert "Count" not in code and "a b" not in code and "y" not in code.split("#")[1]
+    assert code.split("\n")[0] == "def f(s):" and code.split("\n")[3] == "    return x"
+    assert code_text('x = "open', PYTHON) == 'x = "    '   # a string left open runs to the end

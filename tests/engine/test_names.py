@@ -1,0 +1,89 @@
+"""Names the code below a blank line reads that nothing defines (engine/names.py)."""
+from __future__ import annotations
+
+import pytest
+
+from keystroke.engine.names import MAX_NAMES, defines, undefined_below
+
+ABOVE = 'def count_words(lines):\n    """Count how often each word occurs in lines."""\n'
+BELOW = ("\n    for line in lines:\n        for word in line.split():\n"
+         "            counts[word] = counts.get(word, 0) + 1\n    return counts\n")
+
+
+def test_a_name_read_below_and_defined_nowhere_is_asked_for_at_the_blocks_column():
+    found = undefined_below(ABOVE, BELOW, "python")
+    assert found.names == ("counts",)   # `line` and `word` are bound by their loops, `lines` above
+    assert found.lead == "    " and not found.opens_block
+    assert found.typings() == ["    counts", "    counts ="]
+
+
+def test_typed_blanks_count_towards_the_column():
+    found = undefined_below(ABOVE + "  ", BELOW, "python")
+    assert found.names == ("counts",) and found.lead == "  "
+    assert undefined_below(ABOVE + "        ", BELOW, "python").names == ()   # deeper than the block
+
+
+@pytest.mark.parametrize("above, below", [
+    (ABOVE + "    counts = {}\n", BELOW),                                  # defined above
+    (ABOVE.replace("lines):", "lines, counts):"), BELOW),                  # a parameter
+    ("import collections\n" + ABOVE, BELOW.replace("counts[word]", "collections.x").replace(
+        " = counts.get(word, 0) + 1", "").replace("return counts", "return 1")),   # all known
+    (ABOVE, BELOW + "\ncounts = {}\n"),                                    # bound further down
+    (ABOVE, "\n    return sorted(lines, key=len, reverse=True)\n"),        # keyword arguments, builtins
+    (ABOVE, '\n    # counts are kept in "counts"\n    return lines\n'),    # a comment's, a string's words
+    (ABOVE, "\n    return lines.counts\n"),                                # an attribute
+])
+def test_nothing_is_asked_for_when_the_names_are_defined_or_not_names(above, below):
+    assert undefined_below(above, below, "python").names == ()
+
+
+def test_only_a_blank_python_line_asks():
+    assert undefined_below(ABOVE + "    x", BELOW, "python").names == ()       # the user is typing
+    assert undefined_below(ABOVE, " y" + BELOW, "python").names == ()          # text after the cursor
+    assert undefined_below(ABOVE, BELOW, "javascript").names == ()
+    assert undefined_below(ABOVE, "\n", "python").names == ()                  # no code below
+    assert undefined_below(ABOVE + "\t", BELOW, "python").names == ()          # tabs: no column to trust
+
+
+def test_the_rest_of_the_block_only():
+    below = "\n    total = 0\n    return total\n\ndef other():\n    return later\n"
+    assert undefined_below(ABOVE, below, "python").names == ()   # `later` belongs to another function
+
+
+def test_names_in_reading_order_and_at_most_max_names():
+    below = "\n    return a + b + c + d\n"
+    assert undefined_below(ABOVE, below, "python").names == ("a", "b", "c", "d")[:MAX_NAMES]
+
+
+def test_a_deeper_block_below_asks_for_a_loop_over_the_name():
+    above = ABOVE + "    total = 0\n"
+    below = "\n        total += len(line)\n    return total\n"
+    found = undefined_below(above, below, "python")
+    assert found.opens_block and found.names == ("line",) and found.typings() == ["    for line"]
+
+
+def test_the_files_assignment_spacing_is_kept():
+    tight = 'def f(xs):\n    n=len(xs)\n    m=n+1\n'
+    assert undefined_below(tight, "\n    return n + k\n", "python").assign == "="
+    assert undefined_below(ABOVE, BELOW, "python").assign == " ="
+
+
+@pytest.mark.parametrize("line, name, expected", [
+    ("    counts = {}", "counts", True),
+    ("    a, counts = 1, {}", "counts", True),
+    ("    counts: dict = {}", "counts", True),
+    ("    for counts in x:", "counts", True),
+    ("    with open(p) as counts:", "counts", True),
+    ("    def counts(x):", "counts", True),
+    ("    import counts", "counts", True),
+    ("    counts = counts + 1", "counts", False),     # reads it first: defines nothing
+    ("    counts += 1", "counts", False),
+    ("    counts[0] = 1", "counts", False),
+    ("    counts.x = 1", "counts", False),
+    ("    counts == 1", "counts", False),
+    ("    countsx = 1", "counts", False),
+    ('    x = "counts = 1"', "counts", False),
+    ("    return counts", "counts", False),
+])
+def test_defines(line, name, expected):
+    assert defines(line, name) is expected
