@@ -23,7 +23,7 @@ from .cache.kvstore import KVStore
 from .cache.responses import ResponseCache, make_key
 from .errors import KeystrokeError
 from .generate import Generated, generate
-from .names import defines, undefined_below
+from .names import missing_line
 from .stops import text_above
 from .loading.loader import fingerprint, load_checkpoint, release_freed_memory
 from .loading.registry import DEFAULT_MODEL, resolve
@@ -210,29 +210,31 @@ class Engine:
         return result
 
     def _complete(self, req: CompletionRequest, started: float) -> CompletionResult:
-        """One completion; at a blank Python line whose code below reads a name nothing defines, and
-        whose first answer does not define it, the answer with that name typed (`names`).
+        """One completion; at a blank Python line between code that tells what is missing there (the
+        definition of a name the code below reads, or a block's header: `names.missing_line`) and
+        where the first answer is not that, the answer with the start of it typed, if that one is.
 
-        The second request is the first one with the name typed on the line, so it shares the
+        A second request is the first one with text typed on the line, so it shares the
         prompt's K/V up to the line (the FIM layout puts typed text after the suffix): a few
         tokens of prefill and a line of decode. It is a pure function of the document and cursor,
         like the first: a warm cache still completes as a cold one."""
         result = self._complete_once(req, started)
         if req.n > 1 or not result.candidates or result.candidates[0].stop_reason in ("cancelled", "deadline"):
             return result
-        missing = undefined_below(req.prefix, req.suffix, req.stop.language_id)
+        missing = missing_line(req.prefix, req.suffix, req.stop.language_id)
         line = req.prefix.rsplit("\n", 1)[-1]
-        if not missing.names or any(defines((line + result.text).split("\n", 1)[0], n) for n in missing.names):
+        typings = missing.typings()
+        if not typings or missing.fits((line + result.text).split("\n", 1)[0]):
             return result
         timings = result.timings
-        for typed in missing.typings():
+        for typed in typings:
             on_text = req.on_text
             sub = replace(req, prefix=req.prefix + typed,
                           on_text=(lambda text, typed=typed: on_text(typed + text)) if on_text is not None else None)
             again = self._complete_once(sub, started)
             _add_timings(timings, again.timings)
             text = typed + again.text
-            if again.candidates and any(defines((line + text).split("\n", 1)[0], n) for n in missing.names):
+            if again.candidates and missing.fits((line + text).split("\n", 1)[0]):
                 return CompletionResult([replace(again.candidates[0], text=text)], timings)
             if again.candidates and again.candidates[0].stop_reason in ("cancelled", "deadline"):
                 break

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 
 from .languages import PYTHON
-from .lexer import code_text, indent_width
+from .lexer import code_text, indent_width, scan
 from .stops import body_column, text_above
 
 MAX_NAMES = 2      # names tried, in the order the code below first reads them
@@ -67,9 +67,11 @@ def defines(line: str, name: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Undefined:
-    """What a blank line could define: `names` in reading order, `lead` (the blanks that put a name
-    at the line's column) and `assign` (`" ="` or `"="`, as the code above spaces its assignments)."""
+class MissingLine:
+    """What a blank line between code is missing, as far as the code around it tells: the definition
+    of one of `names` (read below, in reading order), or, with no names and `opens_block`, a block's
+    header. `lead` is the blanks that put typed text at the line's column, `assign` `" ="` or `"="`
+    as the code above spaces its assignments."""
 
     names: tuple[str, ...] = ()
     lead: str = ""
@@ -79,13 +81,22 @@ class Undefined:
     def typings(self) -> list[str]:
         """What to type on the line, in order: each name, then each name and its `=` (a name alone
         may be continued into another one, `i` into `if`); above a deeper block, `for` and each
-        name (the header that binds a name for the lines below is a loop's, nearly always)."""
+        name (the header that binds a name for the lines below is a loop's, nearly always), or
+        with no name `if` (the commonest header)."""
         if self.opens_block:
-            return [self.lead + "for " + name for name in self.names]
+            return [self.lead + "for " + name for name in self.names] or [self.lead + "if "]
         return [self.lead + name + tail for name in self.names for tail in ("", self.assign)]
 
+    def fits(self, line: str) -> bool:
+        """Whether the line of code `line` is what is missing: it defines a name, or opens a block."""
+        if self.names:
+            return any(defines(line, name) for name in self.names)
+        st = scan(line, PYTHON)
+        goes_on = bool(st.brackets) or st.in_string or st.last_code == "\\"   # the code below may be its rest
+        return self.opens_block and (st.last_code == ":" or goes_on)
 
-def undefined_below(prefix: str, suffix: str, language_id: str) -> Undefined:
+
+def missing_line(prefix: str, suffix: str, language_id: str) -> MissingLine:
     """At a blank Python line, the names the code below reads that the file does not define (the
     first MAX_NAMES, in reading order), with the blanks to add before one to put it at the line's
     column; no names elsewhere.
@@ -96,17 +107,20 @@ def undefined_below(prefix: str, suffix: str, language_id: str) -> Undefined:
     the block (the lines down to the first one left of the column); a name counts as defined when
     the code above mentions it at all, or the code below binds it anywhere."""
     if language_id.lower() != "python":
-        return Undefined()
+        return MissingLine()
     line = prefix.rsplit("\n", 1)[-1]
     rest, _, below = suffix.partition("\n")
     if line.strip() or rest.strip() or "\t" in line:
-        return Undefined()
+        return MissingLine()
     above = prefix[: len(prefix) - len(line)]
     below_code = code_text(below, PYTHON)
     lines = below_code.split("\n")
     nxt = next((ln for ln in lines if ln.strip()), None)
     if nxt is None or "\t" in nxt[: len(nxt) - len(nxt.lstrip())]:
-        return Undefined()
+        return MissingLine()
+    inside = scan(above, PYTHON)
+    if inside.brackets or inside.in_string or inside.last_code == "\\":
+        return MissingLine()   # the line is part of a statement above (a list's items, a string)
     above_code = code_text(above, PYTHON)
     column = body_column(text_above(prefix), PYTHON, suffix)
     if column is None:   # the next code line's column, or the last one's above where the next is deeper
@@ -114,7 +128,7 @@ def undefined_below(prefix: str, suffix: str, language_id: str) -> Undefined:
         column = min(indent_width(nxt), indent_width(last))
     typed = indent_width(line)
     if typed > column:
-        return Undefined()
+        return MissingLine()
     block = []
     for ln in lines:
         if ln.strip() and indent_width(ln) < column:
@@ -130,5 +144,5 @@ def undefined_below(prefix: str, suffix: str, language_id: str) -> Undefined:
                 break
     spaced = len(_SPACED.findall(above_code))
     tight = len(_TIGHT.findall(above_code))
-    return Undefined(tuple(names), " " * (column - typed), "=" if tight > spaced else " =",
+    return MissingLine(tuple(names), " " * (column - typed), "=" if tight > spaced else " =",
                      opens_block=indent_width(nxt) > column)

@@ -87,10 +87,10 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from .api import StopPolicy, StopReason
-from .languages import code_lexicon
+from .languages import PYTHON, code_lexicon
 from .lexer import Lexicon, Scanner, ScanState, indent_width, scan
 
 __all__ = ["Stop", "StopChecker", "body_column", "indent_width", "text_above"]
@@ -123,6 +123,8 @@ class StopChecker:
         header = bodiless_header(above, self._lexicon) if not line_before_cursor.strip() else None
         typed = indent_width(line_before_cursor)
         self._header = header if header is not None and (typed == 0 or typed > header) else None
+        self._above, self._suffix = above, suffix
+        self._indents: Indents | None | bool = False   # read on first need (`_breaks_indentation`)
         self._reset()
 
     def _reset(self) -> None:
@@ -257,17 +259,22 @@ class StopChecker:
         lines = (self.line_before_cursor + self._text[:stop.cut]).rstrip().split("\n")
         cut = stop
         while lines[-1].strip() and not (len(lines) == 1 and self.line_before_cursor.strip()) \
-                and self._dead_end(lines[-1]):   # (not a line the user began)
+                and self._dead_end(lines[-1], lines[:-1]):   # (not a line the user began)
             lines = "\n".join(lines[:-1]).rstrip().split("\n")
             cut = Stop("suffix", max(0, len("\n".join(lines)) - len(self.line_before_cursor)))
         return cut
 
-    def _dead_end(self, line: str) -> bool:
+    def _dead_end(self, line: str, earlier: Sequence[str] = ()) -> bool:
         """Whether the suffix's next code line (at indentation `_below`) cannot follow `line`: it jumps
         out of its block (`Lexicon.jumps`) with that code in the block; or, where indentation is syntax
         (Python), and the line does not go on below (an open bracket or string, a `\\`), it opens a
         block (`:`) that the code below is not indented into, or it opens nothing and sits left of that
-        code. The code below would be dead, an indentation error, or sit under a stray comment."""
+        code. The code below would be dead, an indentation error, or sit under a stray comment. Also
+        where the suggestion's lines (`earlier`, then `line`) and the code below them, read after
+        the text above, make an indentation error (`Indents`): a header at column 0 whose body
+        would be the rest of the function (`if __name__ == "__main__":` inside one)."""
+        if self._breaks_indentation(earlier, line):
+            return True
         word = _FIRST_WORD.match(line)
         level = indent_width(line)
         if word is not None and word.group(1) in self._lexicon.jumps and level <= self._below:
@@ -280,6 +287,24 @@ class StopChecker:
         if st.last_code == ":":
             return level >= self._below    # a block whose body would be missing
         return level < self._below
+
+    def _breaks_indentation(self, earlier: Sequence[str], line: str) -> bool:
+        if self._lexicon.block_opener != ":":
+            return False
+        if self._indents is False:
+            self._indents = indents_above(self._above)
+        if self._indents is None or self._indents is False:
+            return False
+        ind = self._indents.copy()
+        for text in [*earlier, line]:
+            if not ind.feed(text):
+                return True
+        if ind.inside:
+            return False    # the line goes on below
+        for text in self._suffix.split("\n")[1:SUFFIX_INDENT_LINES]:
+            if not ind.feed(text):
+                return True
+        return False
 
     def _block_at_line_end(self, line: str, offset: int, st: ScanState) -> Stop | None:
         """A line of only closing brackets that balances the completion's block ends it at once."""
@@ -314,6 +339,7 @@ class StopChecker:
 
 
 SUFFIX_LINES = 3
+SUFFIX_INDENT_LINES = 40   # lines below the cursor read for an indentation error a suggestion makes
 
 
 def _lines_below(suffix: str) -> Iterator[str]:
@@ -329,6 +355,67 @@ def _next_code_indent(suffix: str, lexicon: Lexicon) -> int | None:
     comments = tuple(lexicon.line_comments)
     return next((indent_width(line) for line in _lines_below(suffix)
                  if not (comments and line.strip().startswith(comments))), None)
+
+
+class Indents:
+    """Python's stack of block columns, fed a line at a time, for code being typed.
+
+    A line inside brackets, a string or after a `\\` goes on the statement above it and is not
+    checked; a line of only a comment does not count (as in Python). `feed` says False at what
+    Python would reject: a line deeper than the one before it without a header (`:`) there, or one
+    left of it at a column no open block has."""
+
+    def __init__(self) -> None:
+        self.stack = [0]
+        self.after_header = False
+        self.state: ScanState | None = None
+
+    def copy(self) -> "Indents":
+        other = Indents()
+        other.stack, other.after_header, other.state = list(self.stack), self.after_header, self.state
+        return other
+
+    @property
+    def inside(self) -> bool:
+        """Whether the next line goes on the statement above (an open bracket, string or `\\`)."""
+        st = self.state
+        return st is not None and bool(st.brackets or st.in_string or st.last_code == "\\")
+
+    def feed(self, line: str) -> bool:
+        statement = not self.inside
+        self.state = scan(line + "\n", PYTHON, self.state)
+        stripped = line.strip()
+        if statement and stripped and not stripped.startswith("#"):
+            level = indent_width(line)
+            if level > self.stack[-1]:
+                if not self.after_header:
+                    return False
+                self.stack.append(level)
+            else:
+                while level < self.stack[-1]:
+                    self.stack.pop()
+                if level != self.stack[-1]:
+                    return False
+        if not self.inside:   # a statement ended here (a comment or blank line keeps the last one's end)
+            self.after_header = self.state.last_code == ":"
+        return True
+
+
+def indents_above(above: str) -> Indents | None:
+    """The `Indents` after `above` (Python), read from its first line at column 0 that starts code;
+    None where that reading finds an error itself (it may have begun inside a string) or ends inside
+    a statement."""
+    lines = above.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    start = next((i for i, line in enumerate(lines) if line[:1].strip() and not line.startswith(("#", "\"", "'", ")", "]", "}"))), None)
+    if start is None:
+        return None
+    ind = Indents()
+    for line in lines[start:]:
+        if not ind.feed(line):
+            return None
+    return None if ind.inside else ind
 
 
 _DOCSTRING = re.compile(r"""\s*[rRuUbB]{0,2}("{3}|'{3})""")

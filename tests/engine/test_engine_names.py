@@ -12,7 +12,7 @@ import pytest
 
 from keystroke.engine import Engine
 from keystroke.engine.api import CompletionRequest, StopPolicy
-from keystroke.engine.names import defines, undefined_below
+from keystroke.engine.names import defines, missing_line
 from tests.engine.test_names import ABOVE, BELOW
 from tests.tiny import make_tiny_model_dir
 
@@ -48,7 +48,7 @@ def test_the_typed_name_is_asked_for_and_kept_only_when_it_defines_the_name(engi
     first = warm.complete(request(use_cache=False)).text
     prefixes = asked(warm, monkeypatch)
     result = warm.complete(request(use_cache=False))
-    typed = undefined_below(ABOVE, BELOW, "python").typings()
+    typed = missing_line(ABOVE, BELOW, "python").typings()
     if defines(first.split("\n")[0], "counts"):
         assert prefixes == [ABOVE]
         return

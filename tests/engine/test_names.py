@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from keystroke.engine.names import MAX_NAMES, defines, undefined_below
+from keystroke.engine.names import MAX_NAMES, defines, missing_line
 
 ABOVE = 'def count_words(lines):\n    """Count how often each word occurs in lines."""\n'
 BELOW = ("\n    for line in lines:\n        for word in line.split():\n"
@@ -11,16 +11,16 @@ BELOW = ("\n    for line in lines:\n        for word in line.split():\n"
 
 
 def test_a_name_read_below_and_defined_nowhere_is_asked_for_at_the_blocks_column():
-    found = undefined_below(ABOVE, BELOW, "python")
+    found = missing_line(ABOVE, BELOW, "python")
     assert found.names == ("counts",)   # `line` and `word` are bound by their loops, `lines` above
     assert found.lead == "    " and not found.opens_block
     assert found.typings() == ["    counts", "    counts ="]
 
 
 def test_typed_blanks_count_towards_the_column():
-    found = undefined_below(ABOVE + "  ", BELOW, "python")
+    found = missing_line(ABOVE + "  ", BELOW, "python")
     assert found.names == ("counts",) and found.lead == "  "
-    assert undefined_below(ABOVE + "        ", BELOW, "python").names == ()   # deeper than the block
+    assert missing_line(ABOVE + "        ", BELOW, "python").names == ()   # deeper than the block
 
 
 @pytest.mark.parametrize("above, below", [
@@ -34,38 +34,38 @@ def test_typed_blanks_count_towards_the_column():
     (ABOVE, "\n    return lines.counts\n"),                                # an attribute
 ])
 def test_nothing_is_asked_for_when_the_names_are_defined_or_not_names(above, below):
-    assert undefined_below(above, below, "python").names == ()
+    assert missing_line(above, below, "python").names == ()
 
 
 def test_only_a_blank_python_line_asks():
-    assert undefined_below(ABOVE + "    x", BELOW, "python").names == ()       # the user is typing
-    assert undefined_below(ABOVE, " y" + BELOW, "python").names == ()          # text after the cursor
-    assert undefined_below(ABOVE, BELOW, "javascript").names == ()
-    assert undefined_below(ABOVE, "\n", "python").names == ()                  # no code below
-    assert undefined_below(ABOVE + "\t", BELOW, "python").names == ()          # tabs: no column to trust
+    assert missing_line(ABOVE + "    x", BELOW, "python").names == ()       # the user is typing
+    assert missing_line(ABOVE, " y" + BELOW, "python").names == ()          # text after the cursor
+    assert missing_line(ABOVE, BELOW, "javascript").names == ()
+    assert missing_line(ABOVE, "\n", "python").names == ()                  # no code below
+    assert missing_line(ABOVE + "\t", BELOW, "python").names == ()          # tabs: no column to trust
 
 
 def test_the_rest_of_the_block_only():
     below = "\n    total = 0\n    return total\n\ndef other():\n    return later\n"
-    assert undefined_below(ABOVE, below, "python").names == ()   # `later` belongs to another function
+    assert missing_line(ABOVE, below, "python").names == ()   # `later` belongs to another function
 
 
 def test_names_in_reading_order_and_at_most_max_names():
     below = "\n    return a + b + c + d\n"
-    assert undefined_below(ABOVE, below, "python").names == ("a", "b", "c", "d")[:MAX_NAMES]
+    assert missing_line(ABOVE, below, "python").names == ("a", "b", "c", "d")[:MAX_NAMES]
 
 
 def test_a_deeper_block_below_asks_for_a_loop_over_the_name():
     above = ABOVE + "    total = 0\n"
     below = "\n        total += len(line)\n    return total\n"
-    found = undefined_below(above, below, "python")
+    found = missing_line(above, below, "python")
     assert found.opens_block and found.names == ("line",) and found.typings() == ["    for line"]
 
 
 def test_the_files_assignment_spacing_is_kept():
     tight = 'def f(xs):\n    n=len(xs)\n    m=n+1\n'
-    assert undefined_below(tight, "\n    return n + k\n", "python").assign == "="
-    assert undefined_below(ABOVE, BELOW, "python").assign == " ="
+    assert missing_line(tight, "\n    return n + k\n", "python").assign == "="
+    assert missing_line(ABOVE, BELOW, "python").assign == " ="
 
 
 @pytest.mark.parametrize("line, name, expected", [
@@ -87,3 +87,15 @@ def test_the_files_assignment_spacing_is_kept():
 ])
 def test_defines(line, name, expected):
     assert defines(line, name) is expected
+
+
+def test_above_a_deeper_block_with_no_name_to_define_the_header_is_asked_for():
+    above = "def f(xs):\n    for x in xs:\n"
+    found = missing_line(above, "\n            return x\n    return None\n", "python")
+    assert found.names == () and found.opens_block and found.typings() == ["        if "]
+    assert found.fits("        if x > 0:") and found.fits("        while (x and") and not found.fits("        y = 1")
+
+
+def test_a_line_inside_an_open_statement_asks_for_nothing():
+    assert missing_line("def f():\n    xs = [\n        1,\n", "\n        a,\n    ]\n", "python") == missing_line("", "", "")
+    assert missing_line('def f():\n    """Doc\n', '\n    uses_x\n    """\n', "python").typings() == []

@@ -351,3 +351,40 @@ def test_the_body_column_of_a_header_with_no_body(above, column):
     from keystroke.engine.languages import code_lexicon
     assert body_column(above, code_lexicon("python")) == column
     assert body_column(above, code_lexicon("c")) is None
+
+
+NESTED_ABOVE = ('def digit_sums(nums):\n    """Sum of digits, negative numbers keep their sign."""\n'
+                '    def digits_sum(n):\n        neg = 1\n        if n < 0: n, neg = -1 * n, -1\n'
+                '        n = [int(i) for i in str(n)]\n')
+NESTED_BELOW = '\n        return sum(n)\n    return [digits_sum(x) for x in nums]\n'
+
+
+def settled(text, mode):
+    """What is kept of `text` at the model's end token, fed whole below NESTED_ABOVE."""
+    checker = StopChecker(StopPolicy(mode=mode, language_id="python"), "", NESTED_BELOW, NESTED_ABOVE)
+    hit = checker.check(text) or checker.finish()
+    return text if hit is None else text[:hit.cut]
+
+
+@pytest.mark.parametrize("mode", ["line", "block"])
+def test_a_line_that_makes_the_code_below_an_indentation_error_is_cut(mode):
+    """Inside a function, a header at column 0 takes the rest of it as its body: the line after at
+    column 4 then matches no open block (HumanEval/108: `if __name__ == "__main__":` there)."""
+    for text in ('if __name__ == "__main__":', "  x = 1", "            x = 1"):
+        assert settled(text, mode) == "", text
+    for text in ("        n[0] = n[0] * neg", "        total = sum(\n    n)"):   # a line in brackets goes on
+        assert settled(text, mode).startswith(text.split("\n")[0]), text
+    assert settled("        n = n * neg\n  y = 2", "block") == "        n = n * neg"   # its last line only
+
+
+def test_indentation_is_read_only_where_the_text_above_reads_cleanly():
+    from keystroke.engine.stops import Indents, indents_above
+    assert indents_above(NESTED_ABOVE).stack == [0, 4, 8]
+    assert indents_above("x = 1\n    y = 2\n") is None          # the text above is itself an error
+    assert indents_above("x = foo(\n") is None                  # the cursor's line goes on a statement
+    assert indents_above("    indented only\n") is None         # no line at column 0 to start from
+    ind = Indents()
+    assert ind.feed("if (a and") and ind.feed("  b):") and ind.feed("    c = 1")   # a header over two lines
+    assert ind.feed("# a comment anywhere") is True and not ind.feed("      d = 2")
+    # Only where indentation is syntax
+    assert run("if x:\n", above=NESTED_ABOVE, suffix=NESTED_BELOW, mode="line", language_id="c") == ("line", "if x:")
