@@ -26,11 +26,13 @@ import hashlib
 import json
 import logging
 import os
+import struct
 from pathlib import Path
 from array import array
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
+import numpy as np
+from tokenizers import AddedToken, Regex, __version__ as tokenizers_version, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE
 
@@ -73,6 +75,31 @@ class TokenTexts(Sequence[str]):
     def __iter__(self) -> Iterator[str]:
         text, starts = self._text, self._starts
         return (text[starts[i]:starts[i + 1]] for i in range(len(starts) - 1))
+
+    def to_bytes(self) -> bytes:
+        """The count, the offsets and the text (UTF-8): what `from_bytes` reads back."""
+        return struct.pack("<q", len(self)) + self._starts.tobytes() + self._text.encode("utf-8", "surrogatepass")
+
+    @classmethod
+    def from_bytes(cls, data: bytes | memoryview) -> "TokenTexts":
+        (n,) = struct.unpack_from("<q", data)
+        made = cls(())
+        made._starts = array("q")
+        made._starts.frombytes(bytes(data[8:8 + 8 * (n + 1)]))
+        made._text = bytes(data[8 + 8 * (n + 1):]).decode("utf-8", "surrogatepass")
+        if made._starts[0] != 0 or made._starts[-1] != len(made._text) or \
+                any(a > b for a, b in zip(made._starts, made._starts[1:])):
+            raise ValueError("the offsets do not fit the text")
+        return made
+
+
+def ids_by_text(texts: Sequence[str]) -> np.ndarray:
+    """The indices of the non-empty `texts`, sorted by text, ties by index."""
+    # A stable sort of ascending ids: 2-3x faster than sorting (text, id) pairs, which cost a first
+    # request ~0.2 s on Qwen2.5's 152k tokens.
+    keys = list(texts)   # for the sort only: a list of every text is what TokenTexts saves
+    order = sorted((i for i, t in enumerate(keys) if t), key=keys.__getitem__)
+    return np.array(order, dtype=np.int64)
 
 
 # llama.cpp's pre-tokenizer regexes per `tokenizer.ggml.pre` (applied in order, each one
@@ -118,6 +145,7 @@ class Tokenizer:
         stops.update(self.special_tokens().values())
         self.eos_ids: frozenset[int] = frozenset(stops)
         self._token_strings: TokenTexts | None = None
+        self._ids_by_text: np.ndarray | None = None
         self.cache_file: Path | None = None   # where a GGUF-built backend is cached (from_gguf_metadata)
 
     # -- use ---------------------------------------------------------------------------------
@@ -133,8 +161,27 @@ class Tokenizer:
     def token_strings(self) -> TokenTexts:
         """Text of every id taken alone; '' where that is nothing or a partial UTF-8 sequence."""
         if self._token_strings is None:
-            self._token_strings = TokenTexts(self._decode_each())
+            self._load_texts()
         return self._token_strings
+
+    def ids_by_text(self) -> np.ndarray:
+        """The ids whose text (`token_strings`) is not empty, sorted by that text, ties by id."""
+        if self._ids_by_text is None:
+            self._load_texts()
+        return self._ids_by_text
+
+    def _load_texts(self) -> None:
+        """Decode every token and sort them once, or read both from beside the cached tokenizer:
+        0.4 s and 0.5 s of Gemma 3's start (262,144 tokens), a file read instead."""
+        where = self.cache_file.with_suffix(".texts") if self.cache_file is not None else None
+        found = _read_texts(where) if where is not None else None
+        if found is not None and len(found[0]) == self.vocab_size:
+            self._token_strings, self._ids_by_text = found
+            return
+        texts = TokenTexts(self._decode_each())
+        self._token_strings, self._ids_by_text = texts, ids_by_text(texts)
+        if where is not None:
+            _write_texts(where, texts, self._ids_by_text)
 
     def _decode_each(self, batch: int = 8192) -> Iterator[str]:
         for start in range(0, self.vocab_size, batch):
@@ -364,6 +411,51 @@ def read_cached(path: Path) -> HFTokenizer | None:
         return HFTokenizer.from_str(raw.decode("utf-8"))
     except Exception as exc:  # tokenizers raises its own Exception type
         log.warning("the cached tokenizer %s is unusable (%s); rebuilding it", path, exc)
+        path.unlink(missing_ok=True)
+        return None
+
+
+_TEXTS_MAGIC = b"keystroke-token-texts"
+TEXTS_FORMAT = "1"
+
+
+def _texts_head(payload: bytes) -> bytes:
+    # The texts come from the `tokenizers` library's decoding: another version may decode otherwise.
+    return b"%s %s %s %s\n" % (_TEXTS_MAGIC, TEXTS_FORMAT.encode(), tokenizers_version.encode(),
+                               hashlib.sha256(payload).hexdigest().encode())
+
+
+def _write_texts(path: Path, texts: TokenTexts, order: np.ndarray) -> None:
+    """`<magic> <format> <tokenizers version> <sha256>\n`, then the sorted ids' count, the ids and the
+    texts (`TokenTexts.to_bytes`), written atomically; a read-only cache only costs the next start."""
+    payload = struct.pack("<q", len(order)) + order.astype("<i8").tobytes() + texts.to_bytes()
+    try:
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(_texts_head(payload) + payload)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _read_texts(path: Path) -> tuple[TokenTexts, np.ndarray] | None:
+    """What `_write_texts` wrote at `path`, if its header and checksum hold; a damaged file is deleted."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    head, _, payload = data.partition(b"\n")
+    try:
+        if head + b"\n" != _texts_head(payload):
+            raise ValueError("it is not token texts of this format, library version and checksum")
+        view = memoryview(payload)
+        (m,) = struct.unpack_from("<q", view)
+        order = np.frombuffer(view[8:8 + 8 * m], dtype="<i8").astype(np.int64)
+        texts = TokenTexts.from_bytes(view[8 + 8 * m:])
+        if len(order) and (order.min() < 0 or order.max() >= len(texts)):
+            raise ValueError("an id is out of range")
+        return texts, order
+    except (ValueError, struct.error, UnicodeDecodeError) as exc:
+        log.warning("the cached token texts %s are unusable (%s); rebuilding them", path, exc)
         path.unlink(missing_ok=True)
         return None
 

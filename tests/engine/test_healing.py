@@ -16,7 +16,7 @@ from tokenizers.models import BPE
 from keystroke.engine.api import SamplingParams, StopPolicy
 from keystroke.engine.generate import generate
 from keystroke.engine.healing import HealPlan, VocabIndex, heal, vocab_index
-from keystroke.engine.tokenizer import Tokenizer
+from keystroke.engine.tokenizer import Tokenizer, ids_by_text
 
 WORDS = ("get", "User", "Name", "ĊĠĠĠĠ", "==", "Ġ==")
 SPECIALS = ("<|endoftext|>", "<s>")
@@ -156,6 +156,9 @@ def test_index_of_a_large_vocabulary_is_fast_and_cached():
 
         def token_strings(self):
             return [f"t{i:x}" for i in range(self.vocab_size)]
+
+        def ids_by_text(self):
+            return ids_by_text(self.token_strings())
 
         def special_tokens(self):
             return {"<bos>": 2, "<eos>": 1}

@@ -196,3 +196,28 @@ def test_token_texts_read_like_the_list_they_replace():
     assert held[-1] == texts[-1] and held[2] == "\U0001f600x" and held[1:3] == texts[1:3]
     with pytest.raises(IndexError):
         held[len(texts)]
+
+
+def test_token_texts_and_their_order_are_read_from_beside_the_cached_tokenizer(tmp_path, monkeypatch):
+    from keystroke.engine import tokenizer as tokmod
+
+    meta = gguf_meta(registry.resolve("smollm2-135m"))
+    cold = Tokenizer.from_gguf_metadata(meta, cache_dir=tmp_path)
+    texts, order = list(cold.token_strings()), cold.ids_by_text()
+    assert [texts[i] for i in order] == sorted(t for t in texts if t)   # sorted by text
+    assert len(list(tmp_path.glob("*.texts"))) == 1
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError("decoded every token although their texts are cached")
+
+    monkeypatch.setattr(tokmod.Tokenizer, "_decode_each", no_decoding)
+    warm = Tokenizer.from_gguf_metadata(meta, cache_dir=tmp_path)
+    assert list(warm.token_strings()) == texts and warm.ids_by_text().tolist() == order.tolist()
+
+    # A damaged file, or one another `tokenizers` version wrote, is rebuilt, never trusted.
+    monkeypatch.undo()
+    where = next(tmp_path.glob("*.texts"))
+    for damage in (lambda b: b[:-7], lambda b: b.replace(tokmod.tokenizers_version.encode(), b"0.0.0", 1)):
+        where.write_bytes(damage(where.read_bytes()))
+        again = Tokenizer.from_gguf_metadata(meta, cache_dir=tmp_path)
+        assert list(again.token_strings()) == texts and again.ids_by_text().tolist() == order.tolist()
