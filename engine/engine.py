@@ -78,6 +78,9 @@ def _progress(name: str, cached: bool):
     return report
 
 
+TRIM_AFTER_TOKENS = 256   # computed tokens after which a request hands freed memory back
+
+
 class Engine:
     def __init__(self, model: Transformer, tokenizer, *, name: str, path: Path, fingerprint: str,
                  quant: str, device: torch.device, info: dict, store: KVStore,
@@ -206,6 +209,10 @@ class Engine:
                 result = self._complete(req, started)
             result.timings.queue_ms = queue_ms
             result.timings.total_ms = (time.perf_counter() - t_start) * 1000
+            if result.timings.computed_tokens >= TRIM_AFTER_TOKENS:
+                # A long prefill's activations are freed to glibc, which keeps them: 26 MB of Gemma 3's
+                # RSS after a 575-token request, handed back in 4 ms (9 ms after 679 tokens).
+                release_freed_memory()
         self._count(result.timings)
         return result
 
