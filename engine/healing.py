@@ -23,7 +23,6 @@ import bisect
 import threading
 import time
 import weakref
-from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -45,7 +44,7 @@ class VocabIndex:
         excluded = _control_ids(tokenizer)
         by_text = tokenizer.ids_by_text()
         self.ids = by_text[~np.isin(by_text, np.fromiter(excluded, dtype=np.int64, count=len(excluded)))]
-        self.texts = _InOrder(strings, self.ids.tolist())   # what bisect reads: a few lookups a query
+        self.texts = _InOrder(strings, self.ids)   # what bisect reads: a few lookups a query
         self.strings = strings
         self.excluded = excluded
         self.size = max(len(strings), tokenizer.vocab_size)
@@ -115,14 +114,14 @@ class VocabIndex:
 class _InOrder(Sequence[str]):
     """`strings` read in the order of the ids `order`, without a list of them."""
 
-    def __init__(self, strings: Sequence[str], order: list[int]) -> None:
-        self._strings, self._order = strings, array("q", order)
+    def __init__(self, strings: Sequence[str], order: np.ndarray) -> None:
+        self._strings, self._order = strings, order
 
     def __len__(self) -> int:
         return len(self._order)
 
     def __getitem__(self, k: int) -> str:  # type: ignore[override]
-        return self._strings[self._order[k]]
+        return self._strings[int(self._order[k])]
 
 
 def _sized(mask: torch.Tensor, size: int) -> torch.Tensor:

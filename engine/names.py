@@ -1,12 +1,13 @@
-"""Names the code below a blank line reads that nothing defines (Python).
+"""What a blank line between Python code is missing, as far as the code around it tells.
 
 At a blank line inside a block, when the rest of the block reads a name that the file never
-mentions above the cursor and never binds below it, the missing line is almost always the one
-that defines it: `depth = 0` above a loop that counts `depth`, `s = str(x)` above a loop over `s`.
-In 500 HumanEval single-line tasks, 126 blank lines had such a name and 123 of their answers bind
-one. A model that sees only text often writes something else there (the next line of the code
-below, a comment, a `return`): the engine then asks it once more with the name typed
-(Engine._complete, docs/eval.md).
+mentions above the cursor and never binds below it, the missing line is the one that defines it:
+`depth = 0` above a loop that counts `depth`, `s = str(x)` above a loop over `s`. On 500 HumanEval
+single-line tasks, 121 blank lines sit at such a place and all 121 answers define the first such
+name. Where the next code line is deeper than the line's column and no name is missing, the line
+is a block's header. A model that sees only text often writes something else there (the next line
+of the code below, a comment, a `return`, nothing): the engine then asks again with the start of
+what is missing typed (Engine._complete, docs/eval.md).
 
 Read with the project's lexer (strings and comments blanked, `lexer.code_text`) and regular
 expressions: the code around a blank line being written rarely parses.
@@ -37,7 +38,7 @@ _TIGHT = re.compile(r"(?m)^[ \t]*[\w.\[\]]+=[^=]")
 _BINDERS = (
     re.compile(rf"\bfor\s+(.+?)\s+in\b"),
     re.compile(rf"\b(?:def|class|as|global|nonlocal)\s+({_NAME}(?:\s*,\s*{_NAME})*)"),
-    re.compile(rf"\bimport\s+([\w\s,.()]+)"),
+    re.compile(r"\bimport[ \t]+([\w \t,.()]+)"),
     re.compile(rf"({_NAME})\s*:="),
     re.compile(r"\blambda\b([^:]*):"),
     re.compile(r"\bdef\s+\w+\s*\(([^)]*)\)"),

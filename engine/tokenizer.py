@@ -58,7 +58,7 @@ class TokenTexts(Sequence[str]):
                 chunks.append("".join(parts))
                 parts.clear()
         self._text = "".join(chunks + parts)
-        self._starts = starts
+        self._starts = array("i", starts) if end < 2**31 else starts   # half the offsets' memory
 
     def __len__(self) -> int:
         return len(self._starts) - 1
@@ -78,15 +78,18 @@ class TokenTexts(Sequence[str]):
 
     def to_bytes(self) -> bytes:
         """The count, the offsets and the text (UTF-8): what `from_bytes` reads back."""
-        return struct.pack("<q", len(self)) + self._starts.tobytes() + self._text.encode("utf-8", "surrogatepass")
+        return (struct.pack("<qq", len(self), self._starts.itemsize) + self._starts.tobytes()
+                + self._text.encode("utf-8", "surrogatepass"))
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview) -> "TokenTexts":
-        (n,) = struct.unpack_from("<q", data)
+        n, width = struct.unpack_from("<qq", data)
         made = cls(())
-        made._starts = array("q")
-        made._starts.frombytes(bytes(data[8:8 + 8 * (n + 1)]))
-        made._text = bytes(data[8 + 8 * (n + 1):]).decode("utf-8", "surrogatepass")
+        made._starts = array("i" if width == 4 else "q")
+        if made._starts.itemsize != width:
+            raise ValueError("the offsets are of another width")
+        made._starts.frombytes(bytes(data[16:16 + width * (n + 1)]))
+        made._text = bytes(data[16 + width * (n + 1):]).decode("utf-8", "surrogatepass")
         if made._starts[0] != 0 or made._starts[-1] != len(made._text) or \
                 any(a > b for a, b in zip(made._starts, made._starts[1:])):
             raise ValueError("the offsets do not fit the text")
@@ -416,7 +419,7 @@ def read_cached(path: Path) -> HFTokenizer | None:
 
 
 _TEXTS_MAGIC = b"keystroke-token-texts"
-TEXTS_FORMAT = "1"
+TEXTS_FORMAT = "2"   # 2: the offsets' width is written
 
 
 def _texts_head(payload: bytes) -> bytes:
