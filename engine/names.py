@@ -24,6 +24,8 @@ from .lexer import code_text, indent_width, scan
 from .stops import body_column, text_above
 
 MAX_NAMES = 2      # names tried, in the order the code below first reads them
+READ_CHARS = 12_000   # of the text above the cursor, read code by code; the rest word by word
+SUFFIX_CHARS = 12_000  # of the text below, read for the block's names and what it binds
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _KNOWN = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | {"self", "cls"}
@@ -110,7 +112,8 @@ def missing_line(prefix: str, suffix: str, language_id: str) -> MissingLine:
     if language_id.lower() != "python":
         return MissingLine()
     line = prefix.rsplit("\n", 1)[-1]
-    rest, _, below = suffix.partition("\n")
+    rest, _, below = suffix[:SUFFIX_CHARS].partition("\n")
+    far_below = suffix[SUFFIX_CHARS:]
     if line.strip() or rest.strip() or "\t" in line:
         return MissingLine()
     above = prefix[: len(prefix) - len(line)]
@@ -119,6 +122,10 @@ def missing_line(prefix: str, suffix: str, language_id: str) -> MissingLine:
     nxt = next((ln for ln in lines if ln.strip()), None)
     if nxt is None or "\t" in nxt[: len(nxt) - len(nxt.lstrip())]:
         return MissingLine()
+    # The lexer reads the last READ_CHARS above (100 ms for a whole 100 kB file, once a blank line);
+    # before that, any word counts as a name mentioned (an import at the top is one).
+    cut = above.find("\n", max(0, len(above) - READ_CHARS)) + 1 if len(above) > READ_CHARS else 0
+    far, above = above[:cut], above[cut:]
     inside = scan(above, PYTHON)
     if inside.brackets or inside.in_string or inside.last_code == "\\":
         return MissingLine()   # the line is part of a statement above (a list's items, a string)
@@ -135,8 +142,8 @@ def missing_line(prefix: str, suffix: str, language_id: str) -> MissingLine:
         if ln.strip() and indent_width(ln) < column:
             break
         block.append(ln)
-    mentioned = set(_WORD.findall(above_code))
-    defined = mentioned | bound(below_code) | _KNOWN
+    mentioned = set(_WORD.findall(above_code)) | set(_WORD.findall(far))
+    defined = mentioned | bound(below_code) | bound(far_below) | _KNOWN   # (far below: strings and all)
     names: list[str] = []
     for name in _READ.findall("\n".join(block)):
         if name not in defined and name not in names and not name.startswith("__"):

@@ -99,3 +99,11 @@ def test_above_a_deeper_block_with_no_name_to_define_the_header_is_asked_for():
 def test_a_line_inside_an_open_statement_asks_for_nothing():
     assert missing_line("def f():\n    xs = [\n        1,\n", "\n        a,\n    ]\n", "python") == missing_line("", "", "")
     assert missing_line('def f():\n    """Doc\n', '\n    uses_x\n    """\n', "python").typings() == []
+
+
+def test_a_long_file_is_read_code_by_code_near_the_cursor_and_word_by_word_far_from_it():
+    from keystroke.engine import names
+    filler = "x_unrelated = 1\n" * (names.READ_CHARS // 8)
+    assert missing_line("import counts\n" + filler + ABOVE, BELOW, "python").names == ()    # far above
+    assert missing_line(ABOVE, BELOW + "\n" + filler + "counts = {}\n", "python").names == ()   # far below
+    assert missing_line(filler + ABOVE, BELOW + "\n" + filler, "python").names == ("counts",)
