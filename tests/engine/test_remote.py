@@ -404,7 +404,10 @@ def test_cancellation_closes_the_stream_within_a_chunk(serve):
             cancel_at.append(time.monotonic())
         return bool(cancel_at)
     r = backend_for(server.url).complete(req(is_cancelled=is_cancelled))
-    assert r.candidates[0].stop_reason == "cancelled" and r.text.startswith("ttttt")
+    # The client may have read fewer chunks than the server wrote when the
+    # cancel came; what it keeps must be exactly what it read, nothing more.
+    assert r.candidates[0].stop_reason == "cancelled"
+    assert r.text == "t" * len(r.text) and len(r.text) <= len(sent)
     deadline = time.monotonic() + 2
     while not server.disconnected_at and time.monotonic() < deadline:
         time.sleep(0.01)
