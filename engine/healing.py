@@ -87,11 +87,13 @@ class VocabIndex:
         hi = bisect.bisect_right(self.texts, text, lo)
         return self.ids[lo:hi]
 
-    def mask(self, text: str, size: int | None = None, content_after: bool = False) -> torch.Tensor:
+    def mask(self, text: str, size: int | None = None, content_after: bool = False,
+             piece: str | None = None) -> torch.Tensor:
         """(size,) bool: True for the tokens that can begin `text` or go beyond it.
 
         That is the tokens whose text starts with `text`, and those whose text
-        is a non-empty proper prefix of it (the rest is constrained next step).
+        is a non-empty proper prefix of it (the rest is constrained next step);
+        given `piece`, of those shorter ones only the token that is `piece`.
         With `content_after`, a token that goes beyond `text` must go on with a
         character that is not blank, and a token that is `text` exactly is
         allowed only where no token does (then the next token must start with
@@ -105,7 +107,8 @@ class VocabIndex:
         # With content after, `text` exactly only where no token goes on from it: then the model
         # must start content on its next token, where it had blanks in mind (HumanEval: a lone `1`).
         exact = int(content_after and not len(longer))
-        parts = [longer] + [self.exactly(text[:k]) for k in range(1, len(text) + exact)]
+        shorter = [piece] if piece is not None else [text[:k] for k in range(1, len(text))]
+        parts = [longer] + [self.exactly(t) for t in shorter + ([text] if exact else [])]
         ids = np.concatenate(parts)
         out[ids[ids < out.shape[0]]] = True
         return torch.from_numpy(out)
@@ -205,7 +208,7 @@ class HealPlan:
         if not pending:
             return None
         index = vocab_index(tokenizer)
-        mask = index.mask(pending, size, content_after=bool(self.lead))
+        mask = index.mask(pending, size, content_after=bool(self.lead), piece=blank_piece(tokenizer, pending))
         if pending == self.pending:
             for i in self.removed_ids:
                 if i < mask.shape[0]:
@@ -226,6 +229,22 @@ class HealPlan:
         if self.removed_text and text.startswith(self.removed_text):
             return text[len(self.removed_text):]
         return text
+
+
+def blank_piece(tokenizer: Tokenizer, pending: str) -> str | None:
+    """For blanks still to type, the first token the tokenizer itself cuts them into when code
+    follows, where that is shorter than them; else None.
+
+    Code is tokenized as a run of blanks and then a token that starts with the last one (Qwen:
+    11 spaces, then ` odd`). Left to choose any shorter piece, greedy decoding takes the piece of
+    the indentation it wanted (3 spaces, for a line at column 4), then single spaces: a split the
+    model never saw, after which it wrote blanks to the end (HumanEval, a body at column 12)."""
+    if not pending or pending.strip(" \t\n"):
+        return None
+    ids = tokenizer.encode(pending + "x")
+    strings = vocab_index(tokenizer).strings
+    first = strings[ids[0]] if ids and 0 <= ids[0] < len(strings) else ""
+    return first if first and len(first) < len(pending) and pending.startswith(first) else None
 
 
 def heal(tokenizer: Tokenizer, ids: list[int], protected: int) -> HealPlan:

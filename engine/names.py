@@ -85,18 +85,24 @@ class MissingLine:
         """What to type on the line, in order: each name, then each name and its `=` (a name alone
         may be continued into another one, `i` into `if`); above a deeper block, `for` and each
         name (the header that binds a name for the lines below is a loop's, nearly always), or
-        with no name `if` (the commonest header)."""
+        with no name `if` (the commonest header); with neither, the line's blanks alone, as an
+        editor that indents a new line would have typed them."""
         if self.opens_block:
             return [self.lead + "for " + name for name in self.names] or [self.lead + "if "]
+        if not self.names:
+            return [self.lead] if self.lead else []
         return [self.lead + name + tail for name in self.names for tail in ("", self.assign)]
 
     def fits(self, line: str) -> bool:
-        """Whether the line of code `line` is what is missing: it defines a name, or opens a block."""
+        """Whether the line of code `line` is what is missing: it defines a name, or opens a block;
+        with neither to look for, any code at all (an empty answer is never the missing line)."""
         if self.names:
             return any(defines(line, name) for name in self.names)
+        if not self.opens_block:
+            return bool(line.strip())
         st = scan(line, PYTHON)
         goes_on = bool(st.brackets) or st.in_string or st.last_code == "\\"   # the code below may be its rest
-        return self.opens_block and (st.last_code == ":" or goes_on)
+        return st.last_code == ":" or goes_on
 
 
 def missing_line(prefix: str, suffix: str, language_id: str) -> MissingLine:

@@ -255,3 +255,28 @@ def test_a_lead_no_token_goes_beyond_is_typed_exactly_then_content_is_forced():
     strings = tok.token_strings()
     last = {strings[i] for i in plan.allowed_mask(tok, pending=" ").nonzero().flatten().tolist()}
     assert last == {" "}
+
+
+def test_blanks_to_retype_are_cut_as_the_tokenizer_cuts_code():
+    """Qwen writes a line at column 12 as 11 spaces and ` odd`: the only shorter piece of 12 blanks
+    allowed is that 11-space token, never the 3 spaces of a line at column 4 (then single spaces)."""
+    from keystroke.engine import DEFAULT_MODEL
+    from keystroke.engine.healing import blank_piece
+    from keystroke.engine.loading.gguf import GGUFFile
+    from keystroke.engine.loading.registry import resolve
+
+    gguf = GGUFFile(resolve(DEFAULT_MODEL))
+    try:
+        meta = {k: v for k, v in gguf.metadata.items() if k.startswith("tokenizer.")}
+    finally:
+        gguf.close()
+    tok = Tokenizer.from_gguf_metadata(meta)
+    strings = tok.token_strings()
+    assert [strings[i] for i in tok.encode(" " * 12 + "odd")] == [" " * 11, " odd"]
+    assert blank_piece(tok, " " * 12) == " " * 11 and blank_piece(tok, "  x") is None
+    plan = HealPlan([0], lead=" " * 12)
+    allowed = {strings[i] for i in plan.allowed_mask(tok).nonzero().flatten().tolist()}
+    assert " " * 11 in allowed and "   " not in allowed and " " not in allowed
+    assert all(s.startswith(" " * 12) or s == " " * 11 for s in allowed)
+    after = {strings[i] for i in plan.allowed_mask(tok, pending=" ").nonzero().flatten().tolist()}
+    assert " odd" in after and all(s.startswith(" ") and s[1:2].strip() for s in after)

@@ -107,3 +107,13 @@ def test_a_long_file_is_read_code_by_code_near_the_cursor_and_word_by_word_far_f
     assert missing_line("import counts\n" + filler + ABOVE, BELOW, "python").names == ()    # far above
     assert missing_line(ABOVE, BELOW + "\n" + filler + "counts = {}\n", "python").names == ()   # far below
     assert missing_line(filler + ABOVE, BELOW + "\n" + filler, "python").names == ("counts",)
+
+
+def test_a_body_with_no_name_to_define_is_asked_for_at_its_column():
+    """Under a header with no body the model may start at another column (the stop rules then
+    cut its line to nothing): the second request types the body's blanks, as an editor would."""
+    found = missing_line("def f(xs):\n    for x in xs:\n        if x:\n", "\n    return xs\n", "python")
+    assert found.names == () and not found.opens_block and found.typings() == [" " * 12]
+    assert not found.fits("") and not found.fits("            ") and found.fits("            x.append(1)")
+    assert missing_line("def f(xs):\n    if xs:\n        ", "\n    return xs\n", "python").typings() == []
+
