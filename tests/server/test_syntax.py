@@ -141,6 +141,11 @@ def test_analyze_reports_the_situation():
     ("if (ready) {|\n}\n", "javascript", "block"),
     # line mode: a blank line among statements
     ("def f():\n    x = 1\n    |\n    return x\n", "python", "line"),
+    # line mode: a new first line above a body (after the opener, or after a docstring)
+    ("def f():\n    |\n    return x\n", "python", "line"),
+    ('def f():\n    """Doc."""\n    |\n    return x\n', "python", "line"),
+    ('def f():\n    """Doc."""\n    |\n\ndef g():\n    pass\n', "python", "block"),
+    ("int main(void) {\n    |\n    return 0;\n}\n", "c", "line"),
     # line mode: mid-line with code after the cursor
     ("def area(|):\n", "python", "line"),
     ("if (ready) {|}\n", "javascript", "line"),
